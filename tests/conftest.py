@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .livekit_server import ROOT, LiveKitServer
+
+
+@pytest.fixture(scope="session")
+def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKitServer]:
+    log = tmp_path_factory.mktemp("livekit") / "livekit-server.log"
+    server = LiveKitServer.start(log)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def room_name() -> str:
+    return f"room-{uuid.uuid4().hex[:8]}"
+
+
+class WorkerProcess:
+    """`python -m transcriber start` as a real subprocess, logs kept for the test."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "transcriber", "start"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_registered(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while "registered worker" not in self.log():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not register:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+def worker_env(server: LiveKitServer, **overrides: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LIVEKIT_", "TRANSCRIBER_", "DEEPGRAM_", "SPEECHMATICS_"))
+    }
+    env.update(
+        LIVEKIT_URL=server.url,
+        LIVEKIT_API_KEY=server.api_key,
+        LIVEKIT_API_SECRET=server.api_secret,
+        TRANSCRIBER_STT_PROVIDER="tests.tone_stt:build",
+        TRANSCRIBER_HTTP_PORT="0",
+        TRANSCRIBER_LOAD_THRESHOLD="0.99",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def start_worker(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    workers: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            worker_env(livekit_server, **overrides), tmp_path / f"worker-{len(workers)}.log"
+        )
+        workers.append(worker)
+        worker.wait_registered()
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+@pytest.fixture
+def agent_name() -> str:
+    """A fresh agent name per test, so workers of other tests never take its jobs."""
+    return f"transcriber-{uuid.uuid4().hex[:6]}"

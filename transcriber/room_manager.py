@@ -1,0 +1,191 @@
+"""Room manager: follows participants and their audio tracks, one pipeline per track.
+
+RoomIO-style, but for every participant at once: each subscribed audio track of every
+eligible remote participant (microphone and screen-share audio) gets a `TrackPipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from livekit import rtc
+from livekit.agents import stt, utils
+
+from .track_pipeline import PipelineOptions, TrackPipeline
+
+logger = logging.getLogger("transcriber.room")
+
+_AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoomOptions:
+    pipeline: PipelineOptions = PipelineOptions()
+    transcribe_agents: bool = False
+    empty_room_timeout: float = 30.0
+    max_tracks_per_participant: int = 4
+    """Bounds what one participant can make us spend (mic + screen share need two)."""
+
+
+class RoomManager:
+    """Owns every track pipeline of one room; `aclose()` closes them all, each publishing
+    its last final while the room is still connected."""
+
+    def __init__(
+        self,
+        room: rtc.Room,
+        stt: stt.STT,
+        options: RoomOptions,
+        *,
+        on_empty: Callable[[], None],
+    ) -> None:
+        self._room = room
+        self._stt = stt
+        self._opts = options
+        self._on_empty = on_empty
+        self._pipelines: dict[str, TrackPipeline] = {}
+        self._owners: dict[str, str] = {}  # track sid → participant identity
+        self._closing: set[asyncio.Task[None]] = set()
+        self._empty_timer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def active_tracks(self) -> int:
+        return len(self._pipelines)
+
+    def start(self) -> None:
+        room = self._room
+        room.on("track_published", self._on_track_published)
+        room.on("track_subscribed", self._on_track_subscribed)
+        room.on("track_unsubscribed", self._on_track_unsubscribed)
+        room.on("track_unpublished", self._on_track_unpublished)
+        room.on("track_muted", self._on_track_muted)
+        room.on("participant_connected", self._on_participant_connected)
+        room.on("participant_disconnected", self._on_participant_disconnected)
+        for participant in room.remote_participants.values():
+            for publication in participant.track_publications.values():
+                self._on_track_published(publication, participant)
+                if publication.track is not None and publication.subscribed:
+                    self._on_track_subscribed(publication.track, publication, participant)
+        self._check_empty()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for event, handler in (
+            ("track_published", self._on_track_published),
+            ("track_subscribed", self._on_track_subscribed),
+            ("track_unsubscribed", self._on_track_unsubscribed),
+            ("track_unpublished", self._on_track_unpublished),
+            ("track_muted", self._on_track_muted),
+            ("participant_connected", self._on_participant_connected),
+            ("participant_disconnected", self._on_participant_disconnected),
+        ):
+            self._room.off(event, handler)
+        if self._empty_timer is not None:
+            await utils.aio.cancel_and_wait(self._empty_timer)
+        for sid in list(self._pipelines):
+            self._close_pipeline(sid)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _eligible(self, participant: rtc.RemoteParticipant) -> bool:
+        if participant.identity == self._room.local_participant.identity:
+            return False
+        return self._opts.transcribe_agents or participant.kind != _AGENT
+
+    def _on_track_published(
+        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        if publication.kind == rtc.TrackKind.KIND_AUDIO and self._eligible(participant):
+            publication.set_subscribed(True)
+
+    def _on_track_subscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        if self._closed or track.kind != rtc.TrackKind.KIND_AUDIO or track.sid in self._pipelines:
+            return
+        if not self._eligible(participant):
+            return
+        if participant.identity not in self._room.remote_participants:
+            return  # left while the subscription was completing
+        owned = sum(1 for owner in self._owners.values() if owner == participant.identity)
+        if owned >= self._opts.max_tracks_per_participant:
+            logger.warning(
+                "participant has %d audio tracks captioned already, ignoring another",
+                owned,
+                extra={"participant": participant.identity, "track": track.sid},
+            )
+            return
+        logger.info(
+            "captioning track",
+            extra={"participant": participant.identity, "track": track.sid},
+        )
+        self._owners[track.sid] = participant.identity
+        self._pipelines[track.sid] = TrackPipeline(
+            room=self._room,
+            track=track,
+            speaker_identity=participant.identity,
+            stt=self._stt,
+            options=self._opts.pipeline,
+        )
+
+    def _on_track_unsubscribed(
+        self,
+        track: rtc.Track,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+    ) -> None:
+        self._close_pipeline(publication.sid)
+
+    def _on_track_unpublished(
+        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        self._close_pipeline(publication.sid)
+
+    def _on_track_muted(
+        self, participant: rtc.Participant, publication: rtc.TrackPublication
+    ) -> None:
+        if (pipeline := self._pipelines.get(publication.sid)) is not None:
+            pipeline.flush()
+
+    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        self._check_empty()
+
+    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
+        for sid, owner in list(self._owners.items()):
+            if owner == participant.identity:
+                self._close_pipeline(sid)
+        self._check_empty()
+
+    def _close_pipeline(self, sid: str) -> None:
+        pipeline = self._pipelines.pop(sid, None)
+        self._owners.pop(sid, None)
+        if pipeline is None:
+            return
+        task = asyncio.create_task(pipeline.aclose(), name=f"close-track-{sid}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _check_empty(self) -> None:
+        humans = [p for p in self._room.remote_participants.values() if p.kind != _AGENT]
+        if humans:
+            if self._empty_timer is not None:
+                self._empty_timer.cancel()
+                self._empty_timer = None
+        elif self._empty_timer is None and not self._closed:
+            self._empty_timer = asyncio.create_task(self._leave_when_still_empty())
+
+    async def _leave_when_still_empty(self) -> None:
+        await asyncio.sleep(self._opts.empty_room_timeout)
+        logger.info(
+            "no participant for %.0f s, leaving the room", self._opts.empty_room_timeout
+        )
+        self._on_empty()

@@ -1,0 +1,190 @@
+"""The transcriber's configuration: one typed object, read once at start.
+
+Every value comes from the environment (after `.env` is loaded). A bad value stops the
+worker with a `SettingsError` whose message is one line naming the variable and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+BUILTIN_PROVIDERS = ("local", "deepgram", "speechmatics")
+_PROVIDER_KEYS = {"deepgram": "DEEPGRAM_API_KEY", "speechmatics": "SPEECHMATICS_API_KEY"}
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the variable and the fix."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    livekit_url: str
+    livekit_api_key: str
+    livekit_api_secret: str = field(repr=False)
+
+    agent_name: str = "transcriber"
+    stt_providers: tuple[str, ...] = ("local",)
+    """Ordered: the first is preferred, the others are failovers. A `module:factory`
+    import path names a custom `stt.STT` factory (used by the tests and benchmarks)."""
+    language: str = "en"
+    deepgram_api_key: str = field(default="", repr=False)
+    speechmatics_api_key: str = field(default="", repr=False)
+
+    text_streams: bool = True
+    """Publish captions as `lk.transcription` text streams (livekit-client >= 2.9)."""
+    legacy_transcriptions: bool = True
+    """Also publish legacy transcription events (`RoomEvent.TranscriptionReceived`)."""
+    transcribe_agents: bool = False
+    """Caption participants of kind AGENT too (the transcriber itself never is)."""
+
+    empty_room_timeout: float = 30.0
+    """Seconds with no non-agent participant before the transcriber leaves."""
+    join_settle_time: float = 1.0
+    """Seconds after joining before captioning starts: a concurrent job for the same room
+    that joins within this window replaces this one before it has captioned anything."""
+    track_drain_timeout: float = 5.0
+    """Seconds a closing track waits for its STT to deliver the last final."""
+
+    http_port: int = 8081
+    """The worker's health/status HTTP server; 0 picks a free port."""
+    load_threshold: float = 0.7
+    """CPU load (0-1) above which LiveKit stops sending new rooms to this worker."""
+
+    @property
+    def transcriber_identity(self) -> str:
+        """The same in every room, so LiveKit itself refuses a second transcriber."""
+        return f"agent-{self.agent_name}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        reader = _EnvReader(os.environ if env is None else env)
+        providers = reader.providers("TRANSCRIBER_STT_PROVIDER", default="local")
+        settings = cls(
+            livekit_url=reader.required("LIVEKIT_URL", hint="e.g. ws://127.0.0.1:7880"),
+            livekit_api_key=reader.required("LIVEKIT_API_KEY", hint="your LiveKit API key"),
+            livekit_api_secret=reader.required(
+                "LIVEKIT_API_SECRET", hint="your LiveKit API secret"
+            ),
+            agent_name=reader.agent_name("TRANSCRIBER_AGENT_NAME", default="transcriber"),
+            stt_providers=providers,
+            language=reader.language("TRANSCRIBER_LANGUAGE", default="en"),
+            deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
+            speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
+            text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=True),
+            legacy_transcriptions=reader.flag("TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=True),
+            transcribe_agents=reader.flag("TRANSCRIBER_TRANSCRIBE_AGENTS", default=False),
+            empty_room_timeout=reader.seconds("TRANSCRIBER_EMPTY_ROOM_TIMEOUT", default=30.0),
+            join_settle_time=reader.seconds("TRANSCRIBER_JOIN_SETTLE_TIME", default=1.0),
+            track_drain_timeout=reader.seconds("TRANSCRIBER_TRACK_DRAIN_TIMEOUT", default=5.0),
+            http_port=reader.port("TRANSCRIBER_HTTP_PORT", default=8081),
+            load_threshold=reader.fraction("TRANSCRIBER_LOAD_THRESHOLD", default=0.7),
+        )
+        for provider in providers:
+            key_var = _PROVIDER_KEYS.get(provider)
+            if key_var and not getattr(settings, key_var.lower()):
+                raise SettingsError(
+                    f"{key_var} is not set but TRANSCRIBER_STT_PROVIDER uses {provider}: "
+                    f"set {key_var} in the environment or .env"
+                )
+        if not (settings.text_streams or settings.legacy_transcriptions):
+            raise SettingsError(
+                "TRANSCRIBER_TEXT_STREAMS and TRANSCRIBER_LEGACY_TRANSCRIPTIONS are both off: "
+                "enable at least one caption output"
+            )
+        return settings
+
+
+class _EnvReader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str = "") -> str:
+        return self._env.get(name, "").strip() or default
+
+    def required(self, name: str, *, hint: str) -> str:
+        value = self.text(name)
+        if not value:
+            raise SettingsError(f"{name} is not set: set it in the environment or .env ({hint})")
+        return value
+
+    def flag(self, name: str, *, default: bool) -> bool:
+        value = self.text(name).lower()
+        if not value:
+            return default
+        if value in _TRUE:
+            return True
+        if value in _FALSE:
+            return False
+        raise SettingsError(f"{name}={value!r} is not a boolean: use true or false")
+
+    def seconds(self, name: str, *, default: float) -> float:
+        value = self.text(name)
+        if not value:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(
+                f"{name}={value!r} is not a number: give seconds, e.g. {name}={default:g}"
+            ) from None
+        if not 0 <= number <= 86400:
+            raise SettingsError(f"{name}={value!r} is out of range: use 0 to 86400 seconds")
+        return number
+
+    def port(self, name: str, *, default: int) -> int:
+        value = self.text(name)
+        if not value:
+            return default
+        if not value.isdigit() or int(value) > 65535:
+            raise SettingsError(f"{name}={value!r} is not a port number: use 0 to 65535")
+        return int(value)
+
+    def fraction(self, name: str, *, default: float) -> float:
+        value = self.text(name)
+        if not value:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise SettingsError(f"{name}={value!r} is not a number: use a value like 0.7") from None
+        if not 0 < number < 1:
+            raise SettingsError(f"{name}={value!r} is out of range: use a value above 0 and below 1")
+        return number
+
+    def agent_name(self, name: str, *, default: str) -> str:
+        value = self.text(name, default)
+        if not _AGENT_NAME.match(value):
+            raise SettingsError(
+                f"{name}={value!r} is not a valid agent name: use 1-64 letters, digits, '-', '_' or '.'"
+            )
+        return value
+
+    def language(self, name: str, *, default: str) -> str:
+        value = self.text(name, default)
+        if not re.fullmatch(r"[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?|multi", value):
+            raise SettingsError(
+                f"{name}={value!r} is not a language code: use an ISO 639-1 code such as en or fr"
+            )
+        return value
+
+    def providers(self, name: str, *, default: str) -> tuple[str, ...]:
+        value = self.text(name, default)
+        providers = tuple(p.strip() for p in value.split(",") if p.strip())
+        for provider in providers:
+            if provider not in BUILTIN_PROVIDERS and not _IMPORT_PATH.match(provider):
+                raise SettingsError(
+                    f"{name} has unknown STT provider {provider!r}: "
+                    f"use {', '.join(BUILTIN_PROVIDERS)} (or a comma-separated list of them)"
+                )
+        if len(set(providers)) != len(providers):
+            raise SettingsError(f"{name}={value!r} lists a provider twice: list each once")
+        if not providers:
+            raise SettingsError(f"{name} is empty: use one of {', '.join(BUILTIN_PROVIDERS)}")
+        return providers

@@ -1,0 +1,82 @@
+"""Builds the STT the settings ask for. Heavy plugins are imported only when chosen."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from livekit.agents import stt
+
+from .settings import Settings, SettingsError
+
+SAMPLE_RATE = 16000
+"""Every provider is fed 16 kHz mono: what Whisper, Deepgram and Speechmatics expect."""
+
+
+_PLUGIN_MODULES = {
+    "local": ("livekit.plugins.local_whisper", "livekit-plugins-local-whisper"),
+    "deepgram": ("livekit.plugins.deepgram", "livekit-plugins-deepgram"),
+    "speechmatics": ("livekit.plugins.speechmatics", "livekit-plugins-speechmatics"),
+}
+
+
+def check_providers_installed(settings: Settings) -> None:
+    """Imports each chosen provider's plugin (plugins must register in the main process)."""
+    for name in settings.stt_providers:
+        if name in _PLUGIN_MODULES:
+            module, package = _PLUGIN_MODULES[name]
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise SettingsError(
+                    f"TRANSCRIBER_STT_PROVIDER uses {name} but {package} is not installed "
+                    f"({e}): run scripts/setup"
+                ) from None
+        else:
+            _load_factory(name)
+    importlib.import_module("livekit.plugins.silero")
+
+
+def import_all_plugins() -> None:
+    for module, _ in _PLUGIN_MODULES.values():
+        importlib.import_module(module)
+    importlib.import_module("livekit.plugins.silero")
+
+
+def build_stt(settings: Settings) -> stt.STT:
+    providers = [_build_one(name, settings) for name in settings.stt_providers]
+    if len(providers) == 1:
+        return providers[0]
+    return stt.FallbackAdapter(providers)
+
+
+def _build_one(name: str, settings: Settings) -> stt.STT:
+    if name == "local":
+        from livekit.plugins import local_whisper
+
+        return local_whisper.STT(language=settings.language)
+    if name == "deepgram":
+        from livekit.plugins import deepgram
+
+        return deepgram.STT(
+            api_key=settings.deepgram_api_key, language=settings.language, sample_rate=SAMPLE_RATE
+        )
+    if name == "speechmatics":
+        from livekit.plugins import speechmatics
+
+        return speechmatics.STT(api_key=settings.speechmatics_api_key, language=settings.language)
+    return _load_factory(name)(settings)
+
+
+def _load_factory(path: str) -> Callable[[Settings], stt.STT]:
+    module_name, _, attr = path.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise SettingsError(
+            f"TRANSCRIBER_STT_PROVIDER={path!r} cannot be imported ({e}): "
+            "check the module path and that it is installed"
+        ) from None
+    if not callable(factory):
+        raise SettingsError(f"TRANSCRIBER_STT_PROVIDER={path!r} is not callable: name a factory")
+    return factory

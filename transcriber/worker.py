@@ -1,0 +1,107 @@
+"""Worker: registers with LiveKit under the agent name and runs one job per room.
+
+The job entrypoint checks that the room still needs a transcriber, joins hidden and
+without media permissions, waits out the join race (see `room_claim`), then hands the
+room to a `RoomManager` until the meeting ends, the room empties, or a backend removes
+the transcriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from livekit import rtc
+from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess
+from livekit.agents.worker import WorkerPermissions
+
+from .captions import CaptionOutputs
+from .room_claim import RoomClaims, transcriber_in_room
+from .room_manager import RoomManager, RoomOptions
+from .settings import Settings
+from .stt_providers import SAMPLE_RATE, build_stt
+from .track_pipeline import PipelineOptions
+
+logger = logging.getLogger("transcriber.worker")
+
+
+def build_server(settings: Settings) -> AgentServer:
+    server = AgentServer(
+        ws_url=settings.livekit_url,
+        api_key=settings.livekit_api_key,
+        api_secret=settings.livekit_api_secret,
+        permissions=WorkerPermissions(
+            can_publish=False,
+            can_subscribe=True,
+            can_publish_data=True,
+            can_update_metadata=False,
+            hidden=True,
+        ),
+        setup_fnc=prewarm,
+        port=settings.http_port,
+        load_threshold=settings.load_threshold,
+    )
+    claims = RoomClaims(
+        identity=settings.transcriber_identity,
+        livekit_url=settings.livekit_url,
+        api_key=settings.livekit_api_key,
+        api_secret=settings.livekit_api_secret,
+    )
+    server.rtc_session(
+        entrypoint,
+        agent_name=settings.agent_name,
+        on_request=claims.on_request,
+        on_session_end=close_room,
+    )
+    return server
+
+
+def prewarm(proc: JobProcess) -> None:
+    """Runs once per job process: settings and the STT (models included) are shared by
+    every track of the room."""
+    settings = Settings.from_env()
+    proc.userdata["settings"] = settings
+    proc.userdata["stt"] = build_stt(settings)
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    settings: Settings = ctx.proc.userdata["settings"]
+    room_name = ctx.job.room.name
+    if await transcriber_in_room(ctx.api, room_name, settings.transcriber_identity):
+        logger.info("a transcriber joined this room meanwhile, not joining", extra={"room": room_name})
+        ctx.shutdown("duplicate transcriber")
+        return
+
+    await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
+    await asyncio.sleep(settings.join_settle_time)
+    if ctx.room.connection_state != rtc.ConnectionState.CONN_CONNECTED:
+        return  # replaced by a concurrent job before captioning anything
+
+    manager = RoomManager(
+        ctx.room,
+        ctx.proc.userdata["stt"],
+        RoomOptions(
+            pipeline=PipelineOptions(
+                sample_rate=SAMPLE_RATE,
+                outputs=CaptionOutputs(
+                    text_streams=settings.text_streams,
+                    legacy_transcriptions=settings.legacy_transcriptions,
+                ),
+                drain_timeout=settings.track_drain_timeout,
+            ),
+            transcribe_agents=settings.transcribe_agents,
+            empty_room_timeout=settings.empty_room_timeout,
+        ),
+        on_empty=lambda: ctx.shutdown("room empty"),
+    )
+    ctx.proc.userdata["room_manager"] = manager
+    manager.start()
+    logger.info("captioning room", extra={"room": room_name})
+
+
+async def close_room(ctx: JobContext) -> None:
+    """Runs at job shutdown while the room is still connected, so every open segment
+    gets its final before the transcriber leaves."""
+    manager: RoomManager | None = ctx.proc.userdata.pop("room_manager", None)
+    if manager is not None:
+        await manager.aclose()
