@@ -12,7 +12,7 @@ from .livekit_server import LiveKitServer
 from .participants import Caption, CaptionListener, Speaker
 from .tone_stt import script_words, utterance_audio, write_wav
 
-pytestmark = pytest.mark.timeout(180) if hasattr(pytest.mark, "timeout") else []
+
 
 
 async def dispatch(server: LiveKitServer, agent_name: str, room: str) -> None:
@@ -85,3 +85,188 @@ async def test_two_participants_speaking_at_once_get_their_own_captions(
 
     for who in (alice, bob, listener):
         await who.leave()
+
+
+class Meeting:
+    """A room with a listener, a dispatched transcriber, and helpers to drive speakers."""
+
+    def __init__(self, server: LiveKitServer, room: str, agent_name: str, tmp_path: Path) -> None:
+        self.server, self.room, self.agent_name, self.tmp_path = server, room, agent_name, tmp_path
+        self.listener = CaptionListener(server, room)
+        self.people: list[Speaker] = []
+
+    async def __aenter__(self) -> Meeting:
+        await self.listener.join()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for who in [*self.people, self.listener]:
+            if who.room.isconnected():
+                await who.leave()
+
+    async def speaker(self, identity: str, *, publish: bool = True) -> Speaker:
+        speaker = await Speaker(self.server, self.room, identity).join(publish=publish)
+        self.people.append(speaker)
+        return speaker
+
+    async def start_transcriber(self) -> api.ParticipantInfo:
+        await dispatch(self.server, self.agent_name, self.room)
+        transcriber = await wait_transcriber(self.server, self.room)
+        await asyncio.sleep(2.0)  # join settle time, then subscriptions
+        return transcriber
+
+    async def say(self, speaker: Speaker, words: list[str], *, pause: float = 0.8) -> None:
+        wav = self.tmp_path / f"{speaker.identity}-{'-'.join(words)}-{pause}.wav"
+        await speaker.play(write_wav(wav, utterance_audio(words, pause=pause)))
+
+    async def wait_finals(self, speaker: Speaker, count: int, timeout: float = 20) -> list[str]:
+        await self.listener.wait_for(lambda: len(self.listener.finals(speaker.identity)) >= count, timeout)
+        return self.listener.finals(speaker.identity)
+
+
+@pytest.fixture
+async def meeting(livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path):
+    worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
+    async with Meeting(livekit_server, room_name, agent_name, tmp_path) as m:
+        m.worker = worker  # type: ignore[attr-defined]
+        yield m
+
+
+async def test_participant_joining_after_the_transcriber_is_captioned(meeting: Meeting) -> None:
+    await meeting.start_transcriber()
+    carol = await meeting.speaker("carol")
+    await asyncio.sleep(1.0)
+    await meeting.say(carol, ["golf", "hotel", "india"])
+    assert await meeting.wait_finals(carol, 1) == ["golf hotel india"]
+
+
+async def test_mute_then_unmute_keeps_captioning(meeting: Meeting) -> None:
+    alice = await meeting.speaker("alice")
+    await meeting.start_transcriber()
+    await meeting.say(alice, ["alpha", "bravo"])
+    assert alice.publication is not None and alice.publication.track is not None
+    alice.publication.track.mute()
+    await asyncio.sleep(1.5)
+    alice.publication.track.unmute()
+    await asyncio.sleep(0.5)
+    await meeting.say(alice, ["charlie", "delta"])
+    assert await meeting.wait_finals(alice, 2) == ["alpha bravo", "charlie delta"]
+    assert_well_formed(meeting.listener.of("alice"))
+
+
+async def test_unpublish_and_republish_captions_the_new_track(meeting: Meeting) -> None:
+    alice = await meeting.speaker("alice")
+    await meeting.start_transcriber()
+    await meeting.say(alice, ["echo", "foxtrot"])
+    first_sid = alice.track_sid
+    await meeting.wait_finals(alice, 1)
+    await alice.unpublish()
+    await asyncio.sleep(0.5)
+    second_sid = await alice.publish()
+    await asyncio.sleep(1.0)
+    await meeting.say(alice, ["kilo", "lima"])
+    assert await meeting.wait_finals(alice, 2) == ["echo foxtrot", "kilo lima"]
+    finals = [c for c in meeting.listener.of("alice") if c.final]
+    assert [c.track_sid for c in finals] == [first_sid, second_sid]
+
+
+async def test_participant_leaving_mid_sentence_still_gets_the_final(meeting: Meeting) -> None:
+    alice = await meeting.speaker("alice")
+    await meeting.start_transcriber()
+    await meeting.say(alice, ["mike", "november", "oscar"], pause=0.0)
+    await alice.leave()
+    assert await meeting.wait_finals(alice, 1) == ["mike november oscar"]
+    assert_well_formed(meeting.listener.of("alice"))
+
+
+async def test_participants_leaving_while_their_pipeline_starts_leave_nothing_behind(
+    meeting: Meeting,
+) -> None:
+    await meeting.start_transcriber()
+    for i in range(8):
+        quick = await meeting.speaker(f"quick-{i}")
+        await asyncio.sleep(0.05 * i)  # leave at different points of the pipeline's start
+        await quick.leave()
+    stayer = await meeting.speaker("stayer")
+    await asyncio.sleep(1.0)
+    await meeting.say(stayer, ["papa", "alpha"])
+    assert await meeting.wait_finals(stayer, 1) == ["papa alpha"]
+    await stayer.leave()
+    await asyncio.sleep(2.0)
+
+    log = meeting.worker.log()  # type: ignore[attr-defined]
+    opened, closed = log.count('"captioning track"'), log.count('"track closed"')
+    assert opened >= 1 and opened == closed, f"{opened} pipelines started, {closed} closed"
+    assert '"active_tracks": 0, "closing_tracks": 0' in log.splitlines()[-1] or all(
+        '"active_tracks": 0' in line for line in log.splitlines()[-1:] if "track closed" in line
+    )
+    assert "Traceback" not in log and "Task was destroyed" not in log
+
+
+async def test_the_transcriber_leaves_a_room_that_stays_empty(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
+) -> None:
+    start_worker(TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_EMPTY_ROOM_TIMEOUT="4")
+    alice = await Speaker(livekit_server, room_name, "alice").join()
+    await dispatch(livekit_server, agent_name, room_name)
+    await wait_transcriber(livekit_server, room_name)
+    await alice.leave()
+    await asyncio.sleep(2.0)
+    assert await transcribers_in(livekit_server, room_name), "left before the timeout"
+    for _ in range(40):
+        if not await transcribers_in(livekit_server, room_name):
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError("the transcriber stayed in the empty room")
+
+
+async def test_removing_the_transcriber_stops_captions_cleanly_and_it_can_return(meeting: Meeting) -> None:
+    alice = await meeting.speaker("alice")
+    transcriber = await meeting.start_transcriber()
+    async with meeting.server.api() as lkapi:
+        await lkapi.room.remove_participant(
+            api.RoomParticipantIdentity(room=meeting.room, identity=transcriber.identity)
+        )
+    await asyncio.sleep(2.0)
+    await meeting.say(alice, ["bravo", "bravo"])
+    await asyncio.sleep(1.5)
+    assert meeting.listener.finals("alice") == []
+
+    await meeting.start_transcriber()
+    await meeting.say(alice, ["delta", "echo"])
+    assert await meeting.wait_finals(alice, 1) == ["delta echo"]
+    log = meeting.worker.log()  # type: ignore[attr-defined]
+    assert "Traceback" not in log
+
+
+async def test_ten_concurrent_dispatches_on_two_workers_give_one_uninterrupted_transcriber(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
+) -> None:
+    start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
+    start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
+    async with Meeting(livekit_server, room_name, agent_name, tmp_path) as meeting:
+        alice = await meeting.speaker("alice")
+        await asyncio.gather(*(dispatch(livekit_server, agent_name, room_name) for _ in range(10)))
+        await wait_transcriber(livekit_server, room_name)
+        await asyncio.sleep(4.0)  # every job has been decided and settled
+        transcribers = await transcribers_in(livekit_server, room_name)
+        assert len(transcribers) == 1
+        captioning_sid = transcribers[0].sid
+
+        # while it captions, a burst of dispatches must neither replace nor duplicate it
+        script = script_words(8, seed=3)
+        burst_at = 2
+        for i, words in enumerate(script):
+            if i == burst_at:
+                burst = asyncio.gather(
+                    *(dispatch(livekit_server, agent_name, room_name) for _ in range(10))
+                )
+            await meeting.say(alice, words)
+        await burst
+        finals = await meeting.wait_finals(alice, len(script))
+        await asyncio.sleep(1.0)
+        assert meeting.listener.finals("alice") == [" ".join(w) for w in script]
+        assert_well_formed(meeting.listener.of("alice"))
+        transcribers = await transcribers_in(livekit_server, room_name)
+        assert [t.sid for t in transcribers] == [captioning_sid]
+        assert finals

@@ -6,8 +6,8 @@ Three rules keep exactly one in the room and never interrupt the one already cap
 1. Every transcriber joins a room under the same identity (`agent-<agent name>`), so
    LiveKit itself never holds two at once.
 2. A job is refused when that identity is already in the room (checked through the
-   server API at job request, and again just before joining), or when this worker
-   accepted a job for the same room moments ago.
+   server API at job request, and again just before joining), or when this worker is
+   running, or has just accepted, a job for the same room.
 3. Two jobs that pass those checks at the same instant on different workers both join;
    LiveKit keeps the later one. The transcriber waits `join_settle_time` after joining
    before it captions anything, so the one replaced in that race had not started.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from livekit import api, rtc
 from livekit.agents import JobRequest
@@ -48,19 +49,24 @@ class RoomClaims:
         livekit_url: str,
         api_key: str,
         api_secret: str,
-        hold_seconds: float = 10.0,
+        running_rooms: Callable[[], set[str]],
+        launch_window: float = 5.0,
     ) -> None:
         self._identity = identity
+        self._running_rooms = running_rooms
         self._api_args = {"url": livekit_url, "api_key": api_key, "api_secret": api_secret}
-        self._hold = hold_seconds
+        self._launch_window = launch_window
         self._accepted_at: dict[str, float] = {}
+        """Rooms accepted but maybe not launched yet (a launched job is in running_rooms)."""
 
     async def on_request(self, request: JobRequest) -> None:
         room = request.room.name
         now = time.monotonic()
-        self._accepted_at = {r: t for r, t in self._accepted_at.items() if now - t < self._hold}
-        if room in self._accepted_at:
-            logger.info("already joining this room, refusing the job", extra={"room": room})
+        self._accepted_at = {
+            r: t for r, t in self._accepted_at.items() if now - t < self._launch_window
+        }
+        if room in self._accepted_at or room in self._running_rooms():
+            logger.info("already in or joining this room, refusing", extra={"room": room})
             await request.reject()
             return
         self._accepted_at[room] = now

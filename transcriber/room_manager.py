@@ -170,9 +170,21 @@ class RoomManager:
         self._owners.pop(sid, None)
         if pipeline is None:
             return
-        task = asyncio.create_task(pipeline.aclose(), name=f"close-track-{sid}")
+        task = asyncio.create_task(self._finish(sid, pipeline), name=f"close-track-{sid}")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def _finish(self, sid: str, pipeline: TrackPipeline) -> None:
+        await pipeline.aclose()
+        logger.info(
+            "track closed",
+            extra={
+                "track": sid,
+                "finals": pipeline.publisher.finals_published,
+                "active_tracks": len(self._pipelines),
+                "closing_tracks": len(self._closing) - 1,
+            },
+        )
 
     def _check_empty(self) -> None:
         humans = [p for p in self._room.remote_participants.values() if p.kind != _AGENT]

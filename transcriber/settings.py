@@ -55,7 +55,9 @@ class Settings:
     http_port: int = 8081
     """The worker's health/status HTTP server; 0 picks a free port."""
     load_threshold: float = 0.7
-    """CPU load (0-1) above which LiveKit stops sending new rooms to this worker."""
+    """Load (0-1) at which LiveKit stops sending new rooms to this worker."""
+    max_rooms: int = 20
+    """Rooms one worker captions at most; load is the larger of CPU and rooms/max_rooms."""
 
     @property
     def transcriber_identity(self) -> str:
@@ -85,6 +87,7 @@ class Settings:
             track_drain_timeout=reader.seconds("TRANSCRIBER_TRACK_DRAIN_TIMEOUT", default=5.0),
             http_port=reader.port("TRANSCRIBER_HTTP_PORT", default=8081),
             load_threshold=reader.fraction("TRANSCRIBER_LOAD_THRESHOLD", default=0.7),
+            max_rooms=reader.count("TRANSCRIBER_MAX_ROOMS", default=20),
         )
         for provider in providers:
             key_var = _PROVIDER_KEYS.get(provider)
@@ -146,6 +149,14 @@ class _EnvReader:
             raise SettingsError(f"{name}={value!r} is not a port number: use 0 to 65535")
         return int(value)
 
+    def count(self, name: str, *, default: int) -> int:
+        value = self.text(name)
+        if not value:
+            return default
+        if not value.isdigit() or not 1 <= int(value) <= 10000:
+            raise SettingsError(f"{name}={value!r} is not a count: use a whole number from 1 to 10000")
+        return int(value)
+
     def fraction(self, name: str, *, default: float) -> float:
         value = self.text(name)
         if not value:
@@ -154,8 +165,8 @@ class _EnvReader:
             number = float(value)
         except ValueError:
             raise SettingsError(f"{name}={value!r} is not a number: use a value like 0.7") from None
-        if not 0 < number < 1:
-            raise SettingsError(f"{name}={value!r} is out of range: use a value above 0 and below 1")
+        if not 0 < number <= 1:
+            raise SettingsError(f"{name}={value!r} is out of range: use a value above 0, at most 1")
         return number
 
     def agent_name(self, name: str, *, default: str) -> str:

@@ -13,7 +13,7 @@ import logging
 
 from livekit import rtc
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess
-from livekit.agents.worker import WorkerPermissions
+from livekit.agents.worker import WorkerPermissions, _DefaultLoadCalc
 
 from .captions import CaptionOutputs
 from .room_claim import RoomClaims, transcriber_in_room
@@ -40,12 +40,14 @@ def build_server(settings: Settings) -> AgentServer:
         setup_fnc=prewarm,
         port=settings.http_port,
         load_threshold=settings.load_threshold,
+        load_fnc=lambda server: worker_load(server, max_rooms=settings.max_rooms),
     )
     claims = RoomClaims(
         identity=settings.transcriber_identity,
         livekit_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret,
+        running_rooms=lambda: {job.job.room.name for job in server.active_jobs},
     )
     server.rtc_session(
         entrypoint,
@@ -54,6 +56,15 @@ def build_server(settings: Settings) -> AgentServer:
         on_session_end=close_room,
     )
     return server
+
+
+def worker_load(server: AgentServer, *, max_rooms: int) -> float:
+    """An idle worker always takes a room: the CPU it sees is then other processes' work,
+    and refusing would drop the dispatch. A busy one reports CPU or its room count."""
+    rooms = len(server.active_jobs)
+    if rooms == 0:
+        return 0.0
+    return max(_DefaultLoadCalc.get_load(server), rooms / max_rooms)
 
 
 def prewarm(proc: JobProcess) -> None:

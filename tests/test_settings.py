@@ -1,0 +1,92 @@
+"""Settings: read once from the environment, bad values stop the worker with one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from transcriber.settings import Settings, SettingsError
+
+from .livekit_server import ROOT
+
+BASE = {
+    "LIVEKIT_URL": "ws://127.0.0.1:7880",
+    "LIVEKIT_API_KEY": "devkey",
+    "LIVEKIT_API_SECRET": "a-secret-that-must-never-be-printed",
+}
+
+
+def test_defaults_are_local_whisper_both_outputs_and_thirty_seconds_to_leave() -> None:
+    settings = Settings.from_env(BASE)
+    assert settings.stt_providers == ("local",)
+    assert settings.text_streams and settings.legacy_transcriptions
+    assert settings.empty_room_timeout == 30.0
+    assert settings.agent_name == "transcriber"
+    assert settings.transcriber_identity == "agent-transcriber"
+
+
+def test_secrets_stay_out_of_the_settings_repr() -> None:
+    settings = Settings.from_env({**BASE, "DEEPGRAM_API_KEY": "dg-secret-123456"})
+    assert "a-secret-that-must-never-be-printed" not in repr(settings)
+    assert "dg-secret-123456" not in repr(settings)
+
+
+def test_provider_list_is_ordered() -> None:
+    settings = Settings.from_env(
+        {**BASE, "TRANSCRIBER_STT_PROVIDER": "deepgram, local", "DEEPGRAM_API_KEY": "k"}
+    )
+    assert settings.stt_providers == ("deepgram", "local")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LIVEKIT_URL": ""}, "LIVEKIT_URL is not set"),
+        ({"LIVEKIT_API_SECRET": ""}, "LIVEKIT_API_SECRET is not set"),
+        ({"TRANSCRIBER_STT_PROVIDER": "whisperx"}, "unknown STT provider 'whisperx'"),
+        ({"TRANSCRIBER_STT_PROVIDER": "deepgram"}, "DEEPGRAM_API_KEY is not set"),
+        ({"TRANSCRIBER_STT_PROVIDER": "local,speechmatics"}, "SPEECHMATICS_API_KEY is not set"),
+        ({"TRANSCRIBER_EMPTY_ROOM_TIMEOUT": "soon"}, "TRANSCRIBER_EMPTY_ROOM_TIMEOUT='soon' is not a number"),
+        ({"TRANSCRIBER_LANGUAGE": "English"}, "TRANSCRIBER_LANGUAGE='English' is not a language code"),
+        ({"TRANSCRIBER_TEXT_STREAMS": "maybe"}, "is not a boolean"),
+        (
+            {"TRANSCRIBER_TEXT_STREAMS": "off", "TRANSCRIBER_LEGACY_TRANSCRIPTIONS": "off"},
+            "enable at least one caption output",
+        ),
+    ],
+)
+def test_bad_settings_name_the_variable_and_the_fix(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({**BASE, **env})
+    text = str(error.value)
+    assert message in text
+    assert "\n" not in text and ": " in text
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LIVEKIT_API_KEY": ""}, "LIVEKIT_API_KEY is not set"),
+        ({"TRANSCRIBER_STT_PROVIDER": "azure"}, "unknown STT provider 'azure'"),
+        ({"TRANSCRIBER_STT_PROVIDER": "speechmatics"}, "SPEECHMATICS_API_KEY is not set"),
+        ({"TRANSCRIBER_EMPTY_ROOM_TIMEOUT": "30s"}, "is not a number"),
+    ],
+)
+def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
+    env: dict[str, str], message: str, tmp_path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "transcriber", "start"],
+        cwd=tmp_path,  # no .env here
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **BASE, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert BASE["LIVEKIT_API_SECRET"] not in result.stderr + result.stdout
