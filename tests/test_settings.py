@@ -90,3 +90,28 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
     assert BASE["LIVEKIT_API_SECRET"] not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LOCAL_WHISPER_MODEL": "tiny.xx"}, "LOCAL_WHISPER_MODEL='tiny.xx' is not a known Whisper model"),
+        ({"LOCAL_WHISPER_MODEL": "/nonexistent/model"}, "is not a known Whisper model or readable directory"),
+        ({"TRANSCRIBER_LANGUAGE": "fr"}, "only understands English"),
+    ],
+)
+def test_worker_exits_with_one_line_for_an_unusable_whisper_model(
+    env: dict[str, str], message: str, tmp_path
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "transcriber", "start"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **BASE, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]

@@ -36,6 +36,8 @@ class Settings:
     language: str = "en"
     deepgram_api_key: str = field(default="", repr=False)
     speechmatics_api_key: str = field(default="", repr=False)
+    local_whisper_model: str = "tiny.en"
+    """A faster-whisper model name (downloaded on first use) or a CTranslate2 model dir."""
 
     text_streams: bool = True
     """Publish captions as `lk.transcription` text streams (livekit-client >= 2.9)."""
@@ -79,6 +81,7 @@ class Settings:
             language=reader.language("TRANSCRIBER_LANGUAGE", default="en"),
             deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
+            local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", "tiny.en"),
             text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=True),
             legacy_transcriptions=reader.flag("TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=True),
             transcribe_agents=reader.flag("TRANSCRIBER_TRANSCRIBE_AGENTS", default=False),

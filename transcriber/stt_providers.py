@@ -34,7 +34,24 @@ def check_providers_installed(settings: Settings) -> None:
                 ) from None
         else:
             _load_factory(name)
+    if "local" in settings.stt_providers:
+        _check_local_model(settings.local_whisper_model, settings.language)
     importlib.import_module("livekit.plugins.silero")
+
+
+def _check_local_model(model: str, language: str) -> None:
+    """A known model name is fine even if not downloaded yet (it downloads on first use);
+    a path must hold a readable model; an English-only model needs language en."""
+    from faster_whisper.utils import available_models
+    from livekit.plugins.local_whisper import ModelLoadError
+    from livekit.plugins.local_whisper.backend import check_language, resolve_model
+
+    try:
+        if model not in available_models():
+            resolve_model(model)
+        check_language(model, language)
+    except ModelLoadError as e:
+        raise SettingsError(str(e)) from None
 
 
 def import_all_plugins() -> None:
@@ -54,7 +71,7 @@ def _build_one(name: str, settings: Settings) -> stt.STT:
     if name == "local":
         from livekit.plugins import local_whisper
 
-        return local_whisper.STT(language=settings.language)
+        return local_whisper.STT(model=settings.local_whisper_model, language=settings.language)
     if name == "deepgram":
         from livekit.plugins import deepgram
 

