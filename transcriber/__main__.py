@@ -57,7 +57,11 @@ def _download_files() -> int:
     import_all_plugins()
     for plugin in Plugin.registered_plugins:
         logging.info("downloading files for %s", plugin.package)
-        plugin.download_files()
+        try:
+            plugin.download_files()
+        except Exception as e:
+            print(f"transcriber: {e}", file=sys.stderr)
+            return 1
     return 0
 
 
