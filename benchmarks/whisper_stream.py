@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from livekit.agents import stt
 from livekit.plugins import local_whisper
 from livekit.plugins.local_whisper import Scheduler, WhisperBackend
+
 from tests.speech_clips import Clip, all_clips, normalize_words, word_error_rate
 
 FRAME_MS = 10
@@ -57,7 +57,10 @@ class StreamResult:
     first_interim_latencies: list[float] = field(default_factory=list)
     final_latencies: list[float] = field(default_factory=list)
     tail: float = 0.0
-    """Seconds from the last audio frame to the end of the stream's output."""
+    """Seconds from the last audio frame to the end of the stream's output.
+
+    The clips end with a second of silence, so a stream that keeps up is done right away.
+    """
 
 
 @dataclass
@@ -72,7 +75,7 @@ class RunResult:
     final_latency_p90_s: float
     max_tail_s: float
     model_busy: float
-    """Share of wall time the model was decoding."""
+    """Decoding time over wall time: 2.0 is two decodes running all the time."""
     realtime_factor: float
     """Decoding time per second of audio, summed over streams."""
     cpu_cores_per_stream: float
@@ -84,12 +87,15 @@ class _TimedBackend:
 
     def __init__(self, backend: WhisperBackend) -> None:
         self._backend = backend
+        self.parallelism = backend.parallelism
         self.busy = 0.0
 
-    def transcribe(self, audio: np.ndarray, prompt: str) -> list[local_whisper.Word]:
+    def transcribe(
+        self, audio: np.ndarray, prompt: str = "", *, lead: local_whisper.Lead | None = None
+    ) -> list[local_whisper.Word]:
         start = time.perf_counter()
         try:
-            return self._backend.transcribe(audio, prompt)
+            return self._backend.transcribe(audio, prompt, lead=lead)
         finally:
             self.busy += time.perf_counter() - start
 
@@ -117,15 +123,18 @@ async def _play(speech: local_whisper.STT, clips: list[Clip]) -> StreamResult:
         async for event in stream:
             if event.alternatives:
                 alt = event.alternatives[0]
-                heard.append(_Heard(event.type, loop.time() - started, alt.text, alt.start_time, alt.end_time))
+                heard.append(
+                    _Heard(
+                        event.type, loop.time() - started, alt.text, alt.start_time, alt.end_time
+                    )
+                )
 
     feeder = asyncio.create_task(feed())
     await listen()
+    result.tail = loop.time() - started - sum(c.duration for c in clips)
     await feeder
     await stream.aclose()
 
-    audio_end = sum(c.duration for c in clips)
-    result.tail = (heard[-1].at - audio_end) if heard else 0.0
     result.finals = [h.text for h in heard if h.kind == stt.SpeechEventType.FINAL_TRANSCRIPT]
 
     offset = 0.0
@@ -153,10 +162,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBackend) -> RunResult:
-    scheduler = Scheduler(lambda: backend)
+    scheduler = Scheduler(lambda: backend, workers=backend.parallelism)
     speech = local_whisper.STT(model=model, scheduler=scheduler)
-    per_stream = -(-len(clips) // streams)  # every stream plays as long, all busy together
-    playlists = [[clips[(i + k) % len(clips)] for k in range(per_stream)] for i in range(streams)]
+    # every clip is played at least once and every stream plays as long, all busy together
+    per_stream = -(-len(clips) // streams)
+    playlists = [
+        [clips[(i * per_stream + k) % len(clips)] for k in range(per_stream)]
+        for i in range(streams)
+    ]
 
     backend.busy = 0.0
     wall, cpu = time.perf_counter(), time.process_time()
@@ -187,7 +200,6 @@ async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBacke
 
 def _offline_wer(model: str, clips: list[Clip], beam_size: int) -> float:
     from faster_whisper import WhisperModel
-
     from livekit.plugins.local_whisper.backend import resolve_model
 
     whisper = WhisperModel(resolve_model(model), device="cpu", compute_type="int8")
@@ -220,9 +232,7 @@ def main() -> None:
     clips = all_clips(SAMPLE_RATE)
     offline = _offline_wer(args.model, all_clips(16000), beam_size=1)
     backend = _TimedBackend(WhisperBackend(args.model))
-    runs = [
-        asyncio.run(_run(args.model, clips, int(n), backend)) for n in args.streams.split(",")
-    ]
+    runs = [asyncio.run(_run(args.model, clips, int(n), backend)) for n in args.streams.split(",")]
 
     header = (
         f"{'streams':>7} {'WER':>6} {'1st interim p50/p90':>20} {'final p50/p90':>15} "

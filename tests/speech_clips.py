@@ -113,7 +113,7 @@ class Clip:
     @property
     def duration(self) -> float:
         with wave.open(str(self.path)) as w:
-            return w.getnframes() / w.getframerate()
+            return float(w.getnframes() / w.getframerate())
 
     def samples(self) -> np.ndarray:
         """The audio as int16 samples."""
@@ -234,21 +234,21 @@ def _cached(name: str, sample_rate: int, make: Callable[[], _Audio]) -> Clip:
     audio, sentences = make()
     directory.mkdir(parents=True, exist_ok=True)
     # write beside the target and rename, so concurrent test runs never see half a file
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".wav", delete=False) as tmp:
-        with wave.open(tmp, "wb") as w:
+    with tempfile.NamedTemporaryFile(dir=directory, suffix=".wav", delete=False) as samples:
+        with wave.open(samples, "wb") as w:
             w.setnchannels(1)
             w.setsampwidth(2)
             w.setframerate(sample_rate)
             w.writeframes(audio.astype(np.int16).tobytes())
-    os.replace(tmp.name, wav)
+    os.replace(samples.name, wav)
     body = {
         "format": _FORMAT,
         "text": " ".join(s.text for s in sentences),
         "sentences": [asdict(s) for s in sentences],
     }
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".json", delete=False) as tmp:
-        json.dump(body, tmp, indent=2)
-    os.replace(tmp.name, meta)
+    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".json", delete=False) as text:
+        json.dump(body, text, indent=2)
+    os.replace(text.name, meta)
     return Clip(name, wav, sample_rate, sentences)
 
 
@@ -264,17 +264,41 @@ def _speak(voice: _Voice, texts: Sequence[str], sample_rate: int, pause: float) 
         for i, text in enumerate(texts):
             raw, shaped = Path(tmp, f"{i}.raw.wav"), Path(tmp, f"{i}.wav")
             subprocess.run(
-                ["espeak-ng", "-v", voice.voice, "-s", str(voice.words_per_minute),
-                 "-w", str(raw), text],
+                [
+                    "espeak-ng",
+                    "-v",
+                    voice.voice,
+                    "-s",
+                    str(voice.words_per_minute),
+                    "-w",
+                    str(raw),
+                    text,
+                ],
                 check=True,
                 capture_output=True,
             )
             # trim leading and trailing silence, then resample with sox's high quality filter
             subprocess.run(
-                ["sox", str(raw), "-b", "16", str(shaped),
-                 "silence", "1", "0.01", "0.5%", "reverse",
-                 "silence", "1", "0.01", "0.5%", "reverse",
-                 "rate", "-v", str(sample_rate)],
+                [
+                    "sox",
+                    str(raw),
+                    "-b",
+                    "16",
+                    str(shaped),
+                    "silence",
+                    "1",
+                    "0.01",
+                    "0.5%",
+                    "reverse",
+                    "silence",
+                    "1",
+                    "0.01",
+                    "0.5%",
+                    "reverse",
+                    "rate",
+                    "-v",
+                    str(sample_rate),
+                ],
                 check=True,
                 capture_output=True,
             )

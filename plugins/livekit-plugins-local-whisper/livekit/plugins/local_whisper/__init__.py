@@ -4,7 +4,7 @@ Streaming speech-to-text with a Whisper model on the CPU (faster-whisper), segme
 Silero VAD: interim transcripts while someone speaks, a final one when they pause.
 """
 
-from .backend import DEFAULT_MODEL, MODEL_ENV, ModelLoadError, WhisperBackend, Word
+from .backend import DEFAULT_MODEL, MODEL_ENV, Lead, ModelLoadError, WhisperBackend, Word
 from .policy import LocalAgreement
 from .scheduler import Scheduler, SchedulerFull
 from .stt import STT, SpeechStream, STTOptions
@@ -17,6 +17,7 @@ __all__ = [
     "ModelLoadError",
     "WhisperBackend",
     "Word",
+    "Lead",
     "LocalAgreement",
     "Scheduler",
     "SchedulerFull",

@@ -54,17 +54,19 @@ class LocalAgreement:
         """Interim text: the confirmed words and the latest guess at the rest."""
         return join_words(self._confirmed + self._tentative)
 
-    def prompt(self) -> str:
+    def prompt(self, window_start: float | None = None) -> str:
         """Text said before the decoding window, so the model keeps its context."""
-        before = [w for w in self._confirmed if w.end <= self._window_start + _TIME_SLACK]
-        text = f"{self._context} {join_words(before)}".strip()
+        if window_start is None:
+            window_start = self._window_start
+        before = join_words(self._confirmed_before(window_start))
+        text = f"{self._context} {before}".strip()
         return text[-_PROMPT_CHARS:]
 
     def update(self, words: Sequence[Word], *, window_start: float) -> None:
         """Take a decode of the window that started at `window_start`."""
         new = self._unconfirmed_part(words, window_start)
         agreed = 0
-        for mine, theirs in zip(self._tentative, new):
+        for mine, theirs in zip(self._tentative, new, strict=False):
             if _normalize(mine.text) != _normalize(theirs.text):
                 break
             agreed += 1
@@ -73,8 +75,13 @@ class LocalAgreement:
         self._trim()
 
     def finish(self, words: Sequence[Word], *, window_start: float) -> list[Word]:
-        """All words of the utterance, taking its last decode as settled."""
-        return self._confirmed + self._unconfirmed_part(words, window_start)
+        """All words of the utterance: those confirmed before the window, then its last decode.
+
+        The last decode hears the most audio, so inside its window it overrules words that
+        earlier, shorter decodes agreed on. Decoding the whole utterance (`window_start` 0)
+        gives a final as good as decoding it offline.
+        """
+        return self._confirmed_before(window_start) + _shifted(words, window_start)
 
     def cut(
         self, words: Sequence[Word], *, window_start: float, window_end: float
@@ -85,7 +92,7 @@ class LocalAgreement:
         word that is not at risk of being cut off by `window_end`. The words after the cut are
         left for the next utterance, which decodes them again from the returned time.
         """
-        heard = self._confirmed + self._unconfirmed_part(words, window_start)
+        heard = self.finish(words, window_start=window_start)
         safe = [w for w in heard if w.end <= window_end - _TRUNCATED_TAIL]
         sentence_ends = [
             i
@@ -98,9 +105,12 @@ class LocalAgreement:
             return heard, window_end
         return safe, safe[-1].end
 
+    def _confirmed_before(self, time: float) -> list[Word]:
+        return [w for w in self._confirmed if w.end <= time + _TIME_SLACK]
+
     def _unconfirmed_part(self, words: Sequence[Word], window_start: float) -> list[Word]:
         """The decode in utterance time, without the words already confirmed."""
-        shifted = [replace(w, start=w.start + window_start, end=w.end + window_start) for w in words]
+        shifted = _shifted(words, window_start)
         if not self._confirmed:
             return shifted
         last_end = self._confirmed[-1].end
@@ -115,8 +125,8 @@ class LocalAgreement:
         return new
 
     def _trim(self) -> None:
-        heard_until = (self._tentative or self._confirmed or [None])[-1]
-        if heard_until is None or heard_until.end - self._window_start <= self._trim_after:
+        heard = self._tentative or self._confirmed
+        if not heard or heard[-1].end - self._window_start <= self._trim_after:
             return
         for word in reversed(self._confirmed):
             if word.end <= self._window_start:
@@ -124,6 +134,10 @@ class LocalAgreement:
             if word.text.rstrip().endswith(SENTENCE_ENDS):
                 self._window_start = word.end
                 return
+
+
+def _shifted(words: Sequence[Word], offset: float) -> list[Word]:
+    return [replace(w, start=w.start + offset, end=w.end + offset) for w in words]
 
 
 _NOT_WORD = re.compile(r"[^\w']+")

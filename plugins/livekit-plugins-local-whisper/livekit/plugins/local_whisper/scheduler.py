@@ -5,9 +5,10 @@ older one's place in the queue (and its turn), because only the freshest audio m
 Streams are served in turn, so a busy speaker cannot starve a quiet one, and requests
 marked urgent (a final at the end of an utterance) go before interim ones.
 
-Decoding runs in one worker thread; CTranslate2 releases the GIL while it computes, so the
-event loops that submit requests keep running. The queue is guarded by a lock rather than
-tied to an event loop, because agent jobs may run in threads with loops of their own.
+Decoding runs in worker threads, as many as the backend can decode at once; CTranslate2
+releases the GIL while it computes, so the event loops that submit requests keep running.
+The queue is guarded by a lock rather than tied to an event loop, because agent jobs may
+run in threads with loops of their own.
 """
 
 from __future__ import annotations
@@ -21,57 +22,78 @@ from typing import Protocol
 
 import numpy as np
 
-from .backend import Word
+from .backend import Lead, Word
 from .log import logger
 
 
 class Backend(Protocol):
-    def transcribe(self, audio: np.ndarray, prompt: str) -> list[Word]: ...
+    def transcribe(
+        self, audio: np.ndarray, prompt: str = "", *, lead: Lead | None = None
+    ) -> list[Word]: ...
 
 
 class SchedulerFull(Exception):
-    """Too many streams are waiting for the model: this process is past its capacity."""
+    """Too many streams are waiting for the model: this process is past its capacity.
+
+    Only interim requests are refused: a final is worth the wait, and each stream has at
+    most one waiting anyway.
+    """
 
 
 @dataclass(eq=False)
 class _Request:
     audio: np.ndarray
     prompt: str
+    lead: Lead | None
     urgent: bool
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Word]]
 
 
 class Scheduler:
-    def __init__(self, load: Callable[[], Backend], *, max_waiting: int = 32) -> None:
-        """`load` builds the backend; it runs in the worker thread, off any event loop."""
+    def __init__(
+        self, load: Callable[[], Backend], *, workers: int = 1, max_waiting: int = 32
+    ) -> None:
+        """`load` builds the backend, in a worker thread; `workers` decodes run at once."""
         self._load = load
+        self._workers = workers
         self._max_waiting = max_waiting
         self._queue: OrderedDict[Hashable, _Request] = OrderedDict()
         self._lock = threading.Condition()
         self._backend: Backend | None = None
         self._load_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closed = False
 
     def submit(
-        self, stream: Hashable, audio: np.ndarray, prompt: str = "", *, urgent: bool = False
+        self,
+        stream: Hashable,
+        audio: np.ndarray,
+        prompt: str = "",
+        *,
+        lead: Lead | None = None,
+        urgent: bool = False,
     ) -> asyncio.Future[list[Word]]:
-        """Queue a decode for `stream`; a request it still has waiting is cancelled."""
+        """Queue a decode for `stream`; a request it still has waiting is cancelled.
+
+        `prompt` and `lead` are passed to the backend's transcribe().
+        """
         loop = asyncio.get_running_loop()
-        request = _Request(audio, prompt, urgent, loop, loop.create_future())
+        request = _Request(audio, prompt, lead, urgent, loop, loop.create_future())
         with self._lock:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
             replaced = self._queue.get(stream)
-            if replaced is None and len(self._queue) >= self._max_waiting:
+            if replaced is None and not urgent and len(self._queue) >= self._max_waiting:
                 raise SchedulerFull(f"{len(self._queue)} streams are already waiting")
             self._queue[stream] = request
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._work, name="local-whisper", daemon=True
-                )
-                self._thread.start()
+            if not self._threads:
+                self._threads = [
+                    threading.Thread(target=self._work, name=f"local-whisper-{i}", daemon=True)
+                    for i in range(self._workers)
+                ]
+                for thread in self._threads:
+                    thread.start()
             self._lock.notify()
         if replaced is not None:
             _settle(replaced, None)
@@ -96,17 +118,17 @@ class Scheduler:
             return self._backend
 
     def close(self) -> None:
-        """Stop the worker once the request it is running is done; waiting ones are cancelled."""
+        """Stop the workers once their running decodes are done; waiting ones are cancelled."""
         with self._lock:
             self._closed = True
             waiting = list(self._queue.values())
             self._queue.clear()
-            self._lock.notify()
-            thread = self._thread
+            self._lock.notify_all()
         for request in waiting:
             _settle(request, None)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join()
 
     def _next(self) -> _Request | None:
         with self._lock:
@@ -123,7 +145,8 @@ class Scheduler:
         while (request := self._next()) is not None:
             outcome: list[Word] | Exception
             try:
-                outcome = self.warm().transcribe(request.audio, request.prompt)
+                backend = self.warm()
+                outcome = backend.transcribe(request.audio, request.prompt, lead=request.lead)
             except Exception as e:
                 logger.exception("whisper decode failed")
                 outcome = e

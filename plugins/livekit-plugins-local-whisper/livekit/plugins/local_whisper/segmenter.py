@@ -51,6 +51,11 @@ class Segmenter:
             return SpeechBoundary("start", run_start)
         return None
 
+    @property
+    def pause_start(self) -> int | None:
+        """While speaking, where the current run of silence began, if one has begun."""
+        return self._run_start if self.speaking else None
+
     def reset(self) -> None:
         """Forget the current state, as after a flush: the next speech starts anew."""
         self.speaking = False

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-
 from livekit import rtc
 from livekit.agents import stt, utils
 from livekit.agents import vad as agents_vad
+from livekit.agents.language import LanguageCode
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
@@ -32,6 +34,7 @@ from .backend import (
     MAX_WINDOW,
     MODEL_ENV,
     SAMPLE_RATE,
+    Lead,
     ModelLoadError,
     WhisperBackend,
     Word,
@@ -45,13 +48,19 @@ from .policy import LocalAgreement
 from .scheduler import Scheduler, SchedulerFull
 from .segmenter import Segmenter
 
-_PREFIX_PADDING = 0.3
+_PREFIX_PADDING = int(0.3 * SAMPLE_RATE)
 """Audio kept before the detected start of speech, so the first sound is not clipped."""
-_SUFFIX_PADDING = 0.2
+_SUFFIX_PADDING = int(0.2 * SAMPLE_RATE)
 """Audio kept after the detected end of speech, for the same reason at the other end."""
+_PAUSE_HINT = int(0.2 * SAMPLE_RATE)
+"""A pause this long starts the final decode, in case the pause lasts."""
+_VAD_MAX_WINDOW = int(0.1 * SAMPLE_RATE)
+"""Longer than any VAD's window (Silero's is 32 ms)."""
+_FLUSH_WAIT = 0.2
 _IDLE_HISTORY = 1.0
-"""Audio kept while nobody speaks: the VAD decides a little after the fact."""
-_CONTEXT_CHARS = 200
+"""Audio kept before what the VAD has scored, since it decides a little after the fact."""
+_LEAD_SECONDS = 4.0
+"""How much of the previous final leads each decode of the next utterance."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +70,7 @@ class STTOptions:
     language: str = "en"
     compute_type: str = "int8"
     cpu_threads: int = 0
-    """Threads for one decode; 0 uses every core."""
+    """Decoding threads, each decoding one stream at a time; 0 is one per core."""
     beam_size: int = 1
     interim_interval: float = 0.5
     """Seconds of new speech between two interim decodes."""
@@ -83,7 +92,7 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise ValueError(f"{name}={value!r} is out of range: use a value from {low:g} to {high:g}")
 
 
-class STT(stt.STT):
+class STT(stt.STT[None]):
     def __init__(
         self,
         *,
@@ -203,8 +212,10 @@ class SpeechStream(stt.RecognizeStream):
         self._open: _Segment | None = None
         self._live: list[_Segment] = []
         self._wakeup: tuple[int, asyncio.Future[None]] | None = None
-        self._context = ""
-        """The last final's text, the prompt for the next utterance."""
+        self._scored = 0
+        """Audio up to this sample has been scored by the VAD; decodes look no further."""
+        self._lead: Lead | None = None
+        """The end of the last final, heard before each decode of the next utterance."""
 
     async def _run(self) -> None:
         self._audio = _AudioLog()
@@ -216,9 +227,13 @@ class SpeechStream(stt.RecognizeStream):
         )
         settled_until = 0
         """Audio before this sample was ended by a flush; the VAD's late opinions don't count."""
+        flushes: deque[int] = deque()
+        """Flushes not applied yet: they wait for the VAD to score the audio before them."""
+        self._scored = 0
+        loop = asyncio.get_running_loop()
 
         def open_segment(start: int) -> None:
-            segment = _Segment(start=start)
+            segment = _Segment(start=start, needed_from=start)
             self._open = segment
             self._live.append(segment)
             segments.send_nowait(segment)
@@ -229,39 +244,61 @@ class SpeechStream(stt.RecognizeStream):
                 self._open = None
                 self._wake(force=True)
 
-        async def forward_audio() -> None:
+        def settle(until: int) -> None:
+            """Apply the flushes up to `until`: the open segment ends at the flush point."""
             nonlocal settled_until
+            while flushes and flushes[0] <= until:
+                settled_until = flushes.popleft()
+                close_segment(settled_until)
+                segmenter.reset()
+
+        def settle_if_stalled(at: int) -> None:
+            # the VAD scores whole windows only, so the audio just before a flush may wait
+            # for more audio that never comes: don't let that hold up the final
+            if at not in flushes:
+                return
+            if at - self._scored <= _VAD_MAX_WINDOW:
+                settle(at)
+            else:
+                loop.call_later(_FLUSH_WAIT, settle_if_stalled, at)
+
+        async def forward_audio() -> None:
             async for item in self._input_ch:
                 if isinstance(item, self._FlushSentinel):
-                    close_segment(self._audio.end)
-                    settled_until = self._audio.end
-                    segmenter.reset()
+                    flushes.append(self._audio.end)
+                    loop.call_later(_FLUSH_WAIT, settle_if_stalled, self._audio.end)
                     continue
                 self._audio.append(item)
                 vad_stream.push_frame(item)
-                self._wake()
-                history = self._audio.end - int(_IDLE_HISTORY * SAMPLE_RATE)
+                # the VAD may lag: keep what it has yet to score, and a little before
+                history = self._scored - int(_IDLE_HISTORY * SAMPLE_RATE)
                 self._audio.forget_before(min([s.needed_from for s in self._live] + [history]))
             vad_stream.end_input()
 
         async def follow_vad() -> None:
-            window_end = 0
             async for event in vad_stream:
                 if event.type != agents_vad.VADEventType.INFERENCE_DONE:
                     continue
-                window_start, window_end = window_end, event.samples_index
+                window_start, window_end = self._scored, event.samples_index
+                self._scored = window_end
+                self._wake()
+                settle(window_end)
                 if window_end <= settled_until:
                     continue
                 boundary = segmenter.push(event.probability, start=window_start, end=window_end)
-                if boundary is None:
-                    continue
-                if boundary.kind == "start":
-                    padding = int(_PREFIX_PADDING * SAMPLE_RATE)
-                    start = max(boundary.sample - padding, settled_until, self._audio.first)
-                    open_segment(start)
-                else:
-                    padding = int(_SUFFIX_PADDING * SAMPLE_RATE)
-                    close_segment(min(boundary.sample + padding, self._audio.end))
+                if boundary is not None and boundary.kind == "start":
+                    start = boundary.sample - _PREFIX_PADDING
+                    open_segment(max(start, settled_until, self._audio.first))
+                elif boundary is not None:
+                    close_segment(boundary.sample + _SUFFIX_PADDING)
+                elif self._open is not None:
+                    pause = segmenter.pause_start
+                    if pause is not None and window_end - pause < _PAUSE_HINT:
+                        pause = None
+                    if pause != self._open.pause:
+                        self._open.pause = pause
+                        self._wake(force=True)
+            settle(self._audio.end)
             segments.close()
 
         async def transcribe() -> None:
@@ -279,6 +316,7 @@ class SpeechStream(stt.RecognizeStream):
         try:
             await asyncio.gather(*tasks)
         finally:
+            flushes.clear()  # stops settle_if_stalled
             await aio.cancel_and_wait(*tasks)
             await vad_stream.aclose()
             self._scheduler.discard(self)
@@ -287,12 +325,12 @@ class SpeechStream(stt.RecognizeStream):
         """Interims while the segment grows, finals at its end and whenever it runs too long."""
         interval = int(self._opts.interim_interval * SAMPLE_RATE)
         max_samples = int(self._opts.max_segment_duration * SAMPLE_RATE)
-        utterance = _Utterance(segment.start, LocalAgreement(prompt=self._context))
+        utterance = self._new_utterance(segment.start)
         started = False
         # the first interim comes `interim_interval` after speech starts, not after the padding
-        decoded_until = segment.start + int(_PREFIX_PADDING * SAMPLE_RATE)
+        decoded_until = segment.start + _PREFIX_PADDING
 
-        def emit(kind: stt.SpeechEventType, words: list[Word], request_id: str) -> None:
+        def emit(kind: stt.SpeechEventType, words: list[Word]) -> None:
             nonlocal started
             if not started:
                 started = True
@@ -301,75 +339,102 @@ class SpeechStream(stt.RecognizeStream):
             self._event_ch.send_nowait(
                 stt.SpeechEvent(
                     type=kind,
-                    request_id=request_id,
+                    request_id=utterance.id,
                     alternatives=[_speech_data(words, self._opts.language, offset=offset)],
                 )
             )
 
+        def finalize(words: list[Word]) -> None:
+            if words:
+                emit(stt.SpeechEventType.FINAL_TRANSCRIPT, words)
+                self._lead = self._lead_after(utterance, words)
+
+        pause_seen: int | None = None
+        candidate: tuple[int, asyncio.Future[list[Word]], float] | None = None
+        """A decode up to where the speaker paused: the final, if the pause lasts."""
+
         while True:
             limit = utterance.start + max_samples
-            await self._wait_for(segment, min(decoded_until + interval, limit))
-            segment.needed_from = utterance.window_start
-            available = segment.end if segment.end is not None else self._audio.end
+            await self._wait_for(
+                segment, min(decoded_until + interval, limit), pause_seen=pause_seen
+            )
+            segment.needed_from = utterance.start
+            available = segment.end if segment.end is not None else self._scored
 
             if available >= limit:
                 # no pause for max_segment_duration: finalize what was said and go on after it
-                words = await self._decode(utterance, limit, urgent=True)
+                request, window_start = self._decode(utterance, limit, whole=True)
                 final, cut = utterance.policy.cut(
-                    words,
-                    window_start=utterance.policy.window_start,
+                    await request,
+                    window_start=window_start,
                     window_end=(limit - utterance.start) / SAMPLE_RATE,
                 )
-                if final:
-                    emit(stt.SpeechEventType.FINAL_TRANSCRIPT, final, utterance.id)
-                    self._context = join_words(final)[-_CONTEXT_CHARS:]
+                finalize(final)
                 next_start = utterance.start + max(int(cut * SAMPLE_RATE), SAMPLE_RATE)
-                utterance = _Utterance(next_start, LocalAgreement(prompt=self._context))
+                utterance = self._new_utterance(next_start)
                 decoded_until = next_start
+                candidate = None
                 continue
 
             if segment.end is not None:
-                words = await self._decode(utterance, segment.end, urgent=True)
-                final = utterance.policy.finish(words, window_start=utterance.policy.window_start)
-                if final:
-                    emit(stt.SpeechEventType.FINAL_TRANSCRIPT, final, utterance.id)
-                    self._context = join_words(final)[-_CONTEXT_CHARS:]
+                if candidate is not None and candidate[0] == segment.end:
+                    _, request, window_start = candidate
+                else:
+                    request, window_start = self._decode(utterance, segment.end, whole=True)
+                finalize(utterance.policy.finish(await request, window_start=window_start))
                 if started:
                     self._event_ch.send_nowait(stt.SpeechEvent(stt.SpeechEventType.END_OF_SPEECH))
                 return
 
-            until = self._audio.end
-            window_start = utterance.policy.window_start
             try:
-                request = self._submit(utterance, until)
+                if segment.pause is not None and segment.pause != pause_seen:
+                    # the speaker may be done: start on the final now, not when the pause ends
+                    pause_seen = segment.pause
+                    until = segment.pause + _SUFFIX_PADDING
+                    request, window_start = self._decode(utterance, until, whole=True)
+                    candidate = (until, request, window_start)
+                else:
+                    until = self._scored
+                    request, window_start = self._decode(utterance, until, whole=False)
             except SchedulerFull:
                 logger.warning("whisper is overloaded: skipping an interim transcript")
-                decoded_until = until
+                decoded_until = self._scored
                 continue
-            await self._wait_for(segment, limit, request=request)
+            await self._wait_for(segment, limit, request=request, pause_seen=pause_seen)
             if not request.done() or request.cancelled():
-                # the segment ended or ran too long meanwhile: the final decode supersedes it
+                # the segment ended, ran too long or paused meanwhile: a newer decode follows
                 continue
             before = utterance.policy.text
             utterance.policy.update(request.result(), window_start=window_start)
             decoded_until = until
             if utterance.policy.text and utterance.policy.text != before:
                 words = list(utterance.policy.confirmed + utterance.policy.tentative)
-                emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, words, utterance.id)
+                emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, words)
 
-    def _submit(self, utterance: _Utterance, until: int) -> asyncio.Future[list[Word]]:
-        audio = self._audio.slice(utterance.window_start, until)
-        return self._scheduler.submit(self, audio, utterance.policy.prompt())
+    def _new_utterance(self, start: int) -> _Utterance:
+        return _Utterance(start, LocalAgreement(prompt=self._lead.text if self._lead else ""))
 
-    async def _decode(self, utterance: _Utterance, until: int, *, urgent: bool) -> list[Word]:
+    def _decode(
+        self, utterance: _Utterance, until: int, *, whole: bool
+    ) -> tuple[asyncio.Future[list[Word]], float]:
+        """Ask for a decode up to `until`: of the whole utterance (a final) or of its window.
+
+        Returns the request and where its words' times start, in seconds of the utterance.
+        Decodes from the start of the utterance hear the end of the previous final first.
+        """
+        policy = utterance.policy
+        if whole or policy.window_start == 0.0:
+            audio = self._audio.slice(utterance.start, until)
+            return self._scheduler.submit(self, audio, lead=self._lead, urgent=whole), 0.0
         audio = self._audio.slice(utterance.window_start, until)
-        try:
-            return await self._scheduler.submit(
-                self, audio, utterance.policy.prompt(), urgent=urgent
-            )
-        except SchedulerFull:
-            logger.warning("whisper is overloaded: finalizing the last interim transcript")
-            return list(utterance.policy.tentative)
+        return self._scheduler.submit(self, audio, policy.prompt()), policy.window_start
+
+    def _lead_after(self, utterance: _Utterance, final: list[Word]) -> Lead:
+        """The last few seconds of a final, to lead the next utterance's decodes."""
+        tail = [w for w in final if w.start >= final[-1].end - _LEAD_SECONDS] or final[-1:]
+        start = utterance.start + int(max(tail[0].start - 0.1, 0.0) * SAMPLE_RATE)
+        end = utterance.start + int((tail[-1].end + 0.1) * SAMPLE_RATE)
+        return Lead(self._audio.slice(start, end), join_words(tail))
 
     async def _wait_for(
         self,
@@ -377,32 +442,43 @@ class SpeechStream(stt.RecognizeStream):
         sample: int,
         *,
         request: asyncio.Future[list[Word]] | None = None,
+        pause_seen: int | None = None,
     ) -> None:
-        """Until the segment ends, its audio reaches `sample`, or `request` is done."""
+        """Until the segment ends, its audio reaches `sample`, `request` is done, or the
+        speaker makes a pause other than `pause_seen`."""
 
         def ready() -> bool:
             return (
                 segment.end is not None
-                or self._audio.end >= sample
+                or self._scored >= sample
                 or (request is not None and request.done())
+                or segment.pause not in (None, pause_seen)
             )
 
         while not ready():
-            waiter = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            wake = functools.partial(_release, waiter)
             self._wakeup = (sample, waiter)
             if request is not None:
-                request.add_done_callback(lambda _: waiter.done() or waiter.set_result(None))
+                request.add_done_callback(wake)
             try:
                 await waiter
             finally:
                 self._wakeup = None
+                if request is not None:
+                    request.remove_done_callback(wake)
 
     def _wake(self, *, force: bool = False) -> None:
         if self._wakeup is None:
             return
         sample, waiter = self._wakeup
-        if (force or self._audio.end >= sample) and not waiter.done():
-            waiter.set_result(None)
+        if force or self._scored >= sample:
+            _release(waiter)
+
+
+def _release(waiter: asyncio.Future[None], *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 @dataclass(eq=False)
@@ -410,14 +486,12 @@ class _Segment:
     """A stretch of speech between pauses, in samples since the stream started."""
 
     start: int
+    needed_from: int
+    """Audio before this sample is no longer needed for the segment."""
     end: int | None = None
     """Set when the speaker pauses or the stream is flushed."""
-    needed_from: int = -1
-    """Audio before this sample is no longer needed for the segment."""
-
-    def __post_init__(self) -> None:
-        if self.needed_from < 0:
-            self.needed_from = self.start
+    pause: int | None = None
+    """Where the speaker paused, once the pause lasted `_PAUSE_HINT`; None while speaking."""
 
 
 class _Utterance:
@@ -478,7 +552,7 @@ def _to_float(frame: rtc.AudioFrame) -> np.ndarray:
 
 def _speech_data(words: list[Word], language: str, *, offset: float) -> stt.SpeechData:
     return stt.SpeechData(
-        language=language,
+        language=LanguageCode(language),
         text=join_words(words),
         start_time=offset + words[0].start,
         end_time=offset + words[-1].end,
@@ -516,7 +590,8 @@ def _shared_scheduler(opts: STTOptions) -> Scheduler:
                     cpu_threads=opts.cpu_threads,
                     language=opts.language,
                     beam_size=opts.beam_size,
-                )
+                ),
+                workers=opts.cpu_threads or os.cpu_count() or 1,
             )
         return _schedulers[key]
 

@@ -1,0 +1,80 @@
+"""The model backend on its own: settings checks and the real tiny.en on spoken clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from livekit.plugins.local_whisper import Lead, ModelLoadError, WhisperBackend, Word
+from livekit.plugins.local_whisper.backend import join_words
+
+from tests.speech_clips import clip, noise, silence, word_error_rate
+
+RATE = 16000
+
+
+def audio_of(name: str, start: float, end: float) -> np.ndarray:
+    samples = clip(name, RATE).samples()[int(start * RATE) : int(end * RATE)]
+    return samples.astype(np.float32) / 32768.0
+
+
+def sentence_audio(name: str, index: int) -> tuple[np.ndarray, str]:
+    sentence = clip(name, RATE).sentences[index]
+    return audio_of(name, sentence.start - 0.3, sentence.end + 0.2), sentence.text
+
+
+def test_an_unknown_model_name_fails_with_one_line_that_names_the_setting() -> None:
+    with pytest.raises(ModelLoadError) as failure:
+        WhisperBackend("tiny.xx")
+
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.startswith("LOCAL_WHISPER_MODEL='tiny.xx' is not a known Whisper model")
+    assert "tiny.en" in message and "path" in message
+
+
+def test_a_directory_without_a_model_fails_with_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ModelLoadError) as failure:
+        WhisperBackend(str(tmp_path))
+
+    assert "\n" not in str(failure.value)
+    assert "model.bin" in str(failure.value)
+
+
+def test_a_model_that_was_never_downloaded_says_how_to_get_it() -> None:
+    with pytest.raises(ModelLoadError) as failure:
+        WhisperBackend("large-v3")
+
+    assert "\n" not in str(failure.value)
+    assert "download-files" in str(failure.value)
+
+
+def test_an_english_only_model_refuses_another_language(model_path: str) -> None:
+    with pytest.raises(ModelLoadError, match="only understands English"):
+        WhisperBackend(model_path, language="de")
+
+
+def test_a_sentence_comes_back_as_timed_words(backend: WhisperBackend) -> None:
+    audio, expected = sentence_audio("us-160", 2)
+
+    words = backend.transcribe(audio)
+
+    assert word_error_rate(expected, join_words(words)) <= 0.1
+    assert all(isinstance(w, Word) and 0 <= w.start <= w.end for w in words)
+    assert [w.start for w in words] == sorted(w.start for w in words)
+    assert words[-1].end <= len(audio) / RATE
+
+
+def test_silence_and_quiet_noise_give_no_words(backend: WhisperBackend) -> None:
+    for quiet in (silence(3), noise(3, level_dbfs=-50), noise(3, level_dbfs=-40)):
+        audio = quiet.samples().astype(np.float32) / 32768.0
+        assert backend.transcribe(audio) == []
+
+
+def test_words_of_a_lead_are_heard_but_not_returned(backend: WhisperBackend) -> None:
+    before, before_text = sentence_audio("gb-150", 0)
+    audio, expected = sentence_audio("gb-150", 1)
+
+    words = backend.transcribe(audio, lead=Lead(before, before_text))
+
+    assert word_error_rate(expected, join_words(words)) <= 0.1
+    assert words[0].start >= 0.0 and words[-1].end <= len(audio) / RATE
