@@ -46,6 +46,16 @@ def token(identity: str, room: str) -> str:
     )
 
 
+async def wait_for_participant(lkapi: api.LiveKitAPI, room: str, identity: str) -> None:
+    """The transcriber joins hidden, so only the server API sees it arrive."""
+    for _ in range(600):
+        listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        if any(p.identity == identity for p in listing.participants):
+            return
+        await asyncio.sleep(0.1)
+    sys.exit(f"{identity} did not join {room} within 60 s: see the worker log")
+
+
 async def main(room_name: str, agent_name: str) -> None:
     url = os.environ["LIVEKIT_URL"]
     viewer, speaker = rtc.Room(), rtc.Room()
@@ -75,8 +85,10 @@ async def main(room_name: str, agent_name: str) -> None:
         await lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(agent_name=agent_name, room=room_name)
         )
-    print(f"room {room_name}: transcriber dispatched, speaking {len(SENTENCES)} sentences")
-    await asyncio.sleep(4)  # the transcriber joins and subscribes
+        print(f"room {room_name}: transcriber dispatched, waiting for it to join")
+        await wait_for_participant(lkapi, room_name, f"agent-{agent_name}")
+    await asyncio.sleep(2)  # its join settle time, then it subscribes
+    print(f"transcriber joined, speaking {len(SENTENCES)} sentences")
 
     with tempfile.TemporaryDirectory() as tmp:
         clips = [speak_to_wav(s, Path(tmp) / f"{i}.wav") for i, s in enumerate(SENTENCES)]

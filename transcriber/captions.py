@@ -72,6 +72,9 @@ class CaptionPublisher:
             await self._interim(event.alternatives[0])
         elif event.type == stt.SpeechEventType.FINAL_TRANSCRIPT and event.alternatives:
             await self._final(event.alternatives[0])
+        elif event.type == stt.SpeechEventType.END_OF_SPEECH:
+            # STTs that drop an empty final (the words were withdrawn) end speech without one
+            await self.close_open_segment()
 
     async def close_open_segment(self) -> None:
         """Closes a segment the STT left without a final (its input ended mid-sentence),

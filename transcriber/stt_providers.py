@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Callable
 
 from livekit.agents import stt
+from livekit.agents.vad import VAD
 
 from .settings import Settings, SettingsError
 
@@ -60,18 +61,27 @@ def import_all_plugins() -> None:
     importlib.import_module("livekit.plugins.silero")
 
 
-def build_stt(settings: Settings) -> stt.STT:
-    providers = [_build_one(name, settings) for name in settings.stt_providers]
+def load_vad() -> VAD:
+    """Silero VAD, loaded once per process and shared by every track and provider."""
+    from livekit.plugins import silero
+
+    return silero.VAD.load()
+
+
+def build_stt(settings: Settings, *, vad: VAD) -> stt.STT:
+    providers = [_build_one(name, settings, vad) for name in settings.stt_providers]
     if len(providers) == 1:
         return providers[0]
     return stt.FallbackAdapter(providers)
 
 
-def _build_one(name: str, settings: Settings) -> stt.STT:
+def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT:
     if name == "local":
         from livekit.plugins import local_whisper
 
-        return local_whisper.STT(model=settings.local_whisper_model, language=settings.language)
+        return local_whisper.STT(
+            model=settings.local_whisper_model, language=settings.language, vad=vad
+        )
     if name == "deepgram":
         from livekit.plugins import deepgram
 

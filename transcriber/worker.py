@@ -19,7 +19,7 @@ from .captions import CaptionOutputs
 from .room_claim import RoomClaims, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
-from .stt_providers import SAMPLE_RATE, build_stt
+from .stt_providers import SAMPLE_RATE, build_stt, load_vad
 from .track_pipeline import PipelineOptions
 
 logger = logging.getLogger("transcriber.worker")
@@ -68,11 +68,15 @@ def worker_load(server: AgentServer, *, max_rooms: int) -> float:
 
 
 def prewarm(proc: JobProcess) -> None:
-    """Runs once per job process: settings and the STT (models included) are shared by
-    every track of the room."""
+    """Runs once per job process, before any room: loads the settings, the VAD and the STT
+    models here so the first speaker is not kept waiting; every track shares them."""
     settings = Settings.from_env()
+    vad = load_vad()
+    stt = build_stt(settings, vad=vad)
+    stt.prewarm()
     proc.userdata["settings"] = settings
-    proc.userdata["stt"] = build_stt(settings)
+    proc.userdata["vad"] = vad
+    proc.userdata["stt"] = stt
 
 
 async def entrypoint(ctx: JobContext) -> None:
