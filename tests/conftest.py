@@ -78,6 +78,9 @@ def worker_env(server: LiveKitServer, **overrides: str) -> dict[str, str]:
         TRANSCRIBER_STT_PROVIDER="tests.tone_stt:build",
         TRANSCRIBER_HTTP_PORT="0",
         TRANSCRIBER_LOAD_THRESHOLD="1",
+        # tone speech is not speech to a VAD; gating is tested on real speech
+        TRANSCRIBER_VAD_GATING="false",
+        TRANSCRIBER_METRICS_PORT="0",
         PYTHONPATH=str(ROOT),
     )
     env.update(overrides)

@@ -12,9 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from livekit import rtc
-from livekit.agents import stt, utils
+from livekit.agents import utils
+from livekit.agents.vad import VAD
 
-from .track_pipeline import PipelineOptions, TrackPipeline
+from . import metrics
+from .stt_failover import FailoverSTT
+from .track_pipeline import PipelineOptions, TrackPipeline, TrackUsage
 
 logger = logging.getLogger("transcriber.room")
 
@@ -28,6 +31,8 @@ class RoomOptions:
     empty_room_timeout: float = 30.0
     max_tracks_per_participant: int = 4
     """Bounds what one participant can make us spend (mic + screen share need two)."""
+    max_tracks_per_room: int = 50
+    max_tracks_per_worker: int = 100
 
 
 class RoomManager:
@@ -37,13 +42,18 @@ class RoomManager:
     def __init__(
         self,
         room: rtc.Room,
-        stt: stt.STT,
+        stt: FailoverSTT,
+        vad: VAD,
         options: RoomOptions,
         *,
         on_empty: Callable[[], None],
+        worker_tracks: Callable[[], int],
     ) -> None:
+        """`worker_tracks` counts the tracks captioned by every room of this worker."""
         self._room = room
         self._stt = stt
+        self._vad = vad
+        self._worker_tracks = worker_tracks
         self._opts = options
         self._on_empty = on_empty
         self._pipelines: dict[str, TrackPipeline] = {}
@@ -51,6 +61,7 @@ class RoomManager:
         self._closing: set[asyncio.Task[None]] = set()
         self._empty_timer: asyncio.Task[None] | None = None
         self._closed = False
+        self.usage = TrackUsage()
 
     @property
     def active_tracks(self) -> int:
@@ -92,6 +103,7 @@ class RoomManager:
             self._close_pipeline(sid)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        logger.info("room closed", extra={"room": self._room.name, **self.usage.log_fields()})
 
     def _eligible(self, participant: rtc.RemoteParticipant) -> bool:
         if participant.identity == self._room.local_participant.identity:
@@ -116,26 +128,35 @@ class RoomManager:
             return
         if participant.identity not in self._room.remote_participants:
             return  # left while the subscription was completing
-        owned = sum(1 for owner in self._owners.values() if owner == participant.identity)
-        if owned >= self._opts.max_tracks_per_participant:
-            logger.warning(
-                "participant has %d audio tracks captioned already, ignoring another",
-                owned,
-                extra={"participant": participant.identity, "track": track.sid},
-            )
+        extra = {"room": self._room.name, "participant": participant.identity, "track": track.sid}
+        if (cap := self._cap_reached(participant.identity)) is not None:
+            scope, limit = cap
+            logger.warning("%s limit reached (%s), not captioning this track", scope, limit, extra=extra)
+            metrics.LIMIT_REACHED.labels(cap=scope).inc()
             return
-        logger.info(
-            "captioning track",
-            extra={"participant": participant.identity, "track": track.sid},
-        )
+        logger.info("captioning track", extra=extra)
         self._owners[track.sid] = participant.identity
         self._pipelines[track.sid] = TrackPipeline(
             room=self._room,
             track=track,
             speaker_identity=participant.identity,
             stt=self._stt,
+            vad=self._vad,
             options=self._opts.pipeline,
         )
+        metrics.ACTIVE_TRACKS.inc()
+
+    def _cap_reached(self, identity: str) -> tuple[str, str] | None:
+        """The cap a new track of this participant would exceed: (scope, limit)."""
+        opts = self._opts
+        owned = sum(1 for owner in self._owners.values() if owner == identity)
+        if owned >= opts.max_tracks_per_participant:
+            return "participant", f"{opts.max_tracks_per_participant} tracks"
+        if len(self._pipelines) >= opts.max_tracks_per_room:
+            return "room", f"TRANSCRIBER_MAX_TRACKS_PER_ROOM={opts.max_tracks_per_room}"
+        if self._worker_tracks() >= opts.max_tracks_per_worker:
+            return "worker", f"TRANSCRIBER_MAX_TRACKS={opts.max_tracks_per_worker}"
+        return None
 
     def _on_track_unsubscribed(
         self,
@@ -170,19 +191,23 @@ class RoomManager:
         self._owners.pop(sid, None)
         if pipeline is None:
             return
+        metrics.ACTIVE_TRACKS.dec()
         task = asyncio.create_task(self._finish(sid, pipeline), name=f"close-track-{sid}")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
     async def _finish(self, sid: str, pipeline: TrackPipeline) -> None:
         await pipeline.aclose()
+        self.usage.add(pipeline.usage)
         logger.info(
             "track closed",
             extra={
+                "room": self._room.name,
                 "track": sid,
                 "finals": pipeline.publisher.finals_published,
                 "active_tracks": len(self._pipelines),
                 "closing_tracks": len(self._closing) - 1,
+                **pipeline.usage.log_fields(),
             },
         )
 

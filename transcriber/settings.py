@@ -24,6 +24,29 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeepgramSettings:
+    model: str = "nova-3"
+    url: str = "wss://api.deepgram.com/v1/listen"
+    """A regional or self-hosted endpoint."""
+    endpointing_ms: int = 25
+    """Silence (ms) after which Deepgram ends a sentence."""
+    smart_format: bool = False
+    keyterms: tuple[str, ...] = ()
+    """Words to recognize better (product names, jargon)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeechmaticsSettings:
+    model: str = ""
+    """Empty: the service's default."""
+    url: str = "wss://eu2.rt.speechmatics.com/v2/agent"
+    partials: bool = True
+    """Interim captions while someone speaks."""
+    vocabulary: tuple[str, ...] = ()
+    """Additional vocabulary (product names, jargon)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     livekit_url: str
     livekit_api_key: str
@@ -38,6 +61,21 @@ class Settings:
     speechmatics_api_key: str = field(default="", repr=False)
     local_whisper_model: str = "tiny.en"
     """A faster-whisper model name (downloaded on first use) or a CTranslate2 model dir."""
+    deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
+    speechmatics: SpeechmaticsSettings = field(default_factory=SpeechmaticsSettings)
+    failover_retries: int = 1
+    """Reconnects to the same provider before failing over to the next."""
+    failover_cooldown: float = 5.0
+    """Seconds a failed provider is skipped before the transcriber tries it again."""
+
+    vad_gating: bool = True
+    """Send audio to the STT only around speech (cloud STT bills every second sent)."""
+    gate_preroll: float = 0.5
+    """Seconds of audio before detected speech that are sent with it (first syllables)."""
+    gate_hangover: float = 0.8
+    """Seconds still sent after speech ends, so the STT can finish the last word."""
+    stt_idle_close: float = 30.0
+    """Seconds of silence after which a track's STT connection is closed (0: never)."""
 
     text_streams: bool = True
     """Publish captions as `lk.transcription` text streams (livekit-client >= 2.9)."""
@@ -60,6 +98,14 @@ class Settings:
     """Load (0-1) at which LiveKit stops sending new rooms to this worker."""
     max_rooms: int = 20
     """Rooms one worker captions at most; load is the larger of CPU and rooms/max_rooms."""
+    max_tracks: int = 100
+    """Audio tracks one worker captions at most, over all its rooms."""
+    max_tracks_per_room: int = 50
+    """Audio tracks captioned in one room at most."""
+    metrics_port: int = 9100
+    """Prometheus /metrics port; 0 turns metrics off."""
+    drain_timeout: float = 600.0
+    """On SIGTERM, how long current rooms keep being captioned before the worker exits."""
 
     @property
     def transcriber_identity(self) -> str:
@@ -70,6 +116,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         reader = _EnvReader(os.environ if env is None else env)
         providers = reader.providers("TRANSCRIBER_STT_PROVIDER", default="local")
+        language = reader.language("TRANSCRIBER_LANGUAGE", default="en")
         settings = cls(
             livekit_url=reader.required("LIVEKIT_URL", hint="e.g. ws://127.0.0.1:7880"),
             livekit_api_key=reader.required("LIVEKIT_API_KEY", hint="your LiveKit API key"),
@@ -78,10 +125,29 @@ class Settings:
             ),
             agent_name=reader.agent_name("TRANSCRIBER_AGENT_NAME", default="transcriber"),
             stt_providers=providers,
-            language=reader.language("TRANSCRIBER_LANGUAGE", default="en"),
+            language=language,
             deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
             local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", "tiny.en"),
+            deepgram=DeepgramSettings(
+                model=reader.text("DEEPGRAM_MODEL", "nova-3"),
+                url=reader.url("DEEPGRAM_URL", default=DeepgramSettings.url),
+                endpointing_ms=reader.count("DEEPGRAM_ENDPOINTING_MS", default=25, low=0),
+                smart_format=reader.flag("DEEPGRAM_SMART_FORMAT", default=False),
+                keyterms=reader.words("DEEPGRAM_KEYTERMS"),
+            ),
+            speechmatics=SpeechmaticsSettings(
+                model=reader.text("SPEECHMATICS_MODEL"),
+                url=reader.url("SPEECHMATICS_URL", default=SpeechmaticsSettings.url),
+                partials=reader.flag("SPEECHMATICS_PARTIALS", default=True),
+                vocabulary=reader.words("SPEECHMATICS_VOCABULARY"),
+            ),
+            failover_retries=reader.count("TRANSCRIBER_FAILOVER_RETRIES", default=1, low=0),
+            failover_cooldown=reader.seconds("TRANSCRIBER_FAILOVER_COOLDOWN", default=5.0),
+            vad_gating=reader.flag("TRANSCRIBER_VAD_GATING", default=True),
+            gate_preroll=reader.seconds("TRANSCRIBER_GATE_PREROLL", default=0.5),
+            gate_hangover=reader.seconds("TRANSCRIBER_GATE_HANGOVER", default=0.8),
+            stt_idle_close=reader.seconds("TRANSCRIBER_STT_IDLE_CLOSE", default=30.0),
             text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=True),
             legacy_transcriptions=reader.flag("TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=True),
             transcribe_agents=reader.flag("TRANSCRIBER_TRANSCRIBE_AGENTS", default=False),
@@ -91,7 +157,21 @@ class Settings:
             http_port=reader.port("TRANSCRIBER_HTTP_PORT", default=8081),
             load_threshold=reader.fraction("TRANSCRIBER_LOAD_THRESHOLD", default=0.7),
             max_rooms=reader.count("TRANSCRIBER_MAX_ROOMS", default=20),
+            max_tracks=reader.count("TRANSCRIBER_MAX_TRACKS", default=100),
+            max_tracks_per_room=reader.count("TRANSCRIBER_MAX_TRACKS_PER_ROOM", default=50),
+            metrics_port=reader.port("TRANSCRIBER_METRICS_PORT", default=9100),
+            drain_timeout=reader.seconds("TRANSCRIBER_DRAIN_TIMEOUT", default=600.0),
         )
+        if language == "multi" and set(providers) & {"local", "speechmatics"}:
+            raise SettingsError(
+                "TRANSCRIBER_LANGUAGE=multi is only understood by deepgram: "
+                "use a language code such as en, or TRANSCRIBER_STT_PROVIDER=deepgram"
+            )
+        if settings.gate_preroll < 0.3:
+            raise SettingsError(
+                f"TRANSCRIBER_GATE_PREROLL={settings.gate_preroll:g} would cut first syllables: "
+                "use at least 0.3 seconds"
+            )
         for provider in providers:
             key_var = _PROVIDER_KEYS.get(provider)
             if key_var and not getattr(settings, key_var.lower()):
@@ -152,13 +232,29 @@ class _EnvReader:
             raise SettingsError(f"{name}={value!r} is not a port number: use 0 to 65535")
         return int(value)
 
-    def count(self, name: str, *, default: int) -> int:
+    def count(self, name: str, *, default: int, low: int = 1) -> int:
         value = self.text(name)
         if not value:
             return default
-        if not value.isdigit() or not 1 <= int(value) <= 10000:
-            raise SettingsError(f"{name}={value!r} is not a count: use a whole number from 1 to 10000")
+        if not value.isdigit() or not low <= int(value) <= 10000:
+            raise SettingsError(
+                f"{name}={value!r} is not a count: use a whole number from {low} to 10000"
+            )
         return int(value)
+
+    def url(self, name: str, *, default: str) -> str:
+        value = self.text(name, default)
+        if not re.fullmatch(r"(wss?|https?)://[^\s/?#]+[^\s]*", value):
+            raise SettingsError(
+                f"{name}={value!r} is not a URL: use wss://host/path (or ws:// for a local server)"
+            )
+        return value
+
+    def words(self, name: str) -> tuple[str, ...]:
+        words = tuple(w.strip() for w in self.text(name).split(",") if w.strip())
+        if len(words) > 500 or any(len(w) > 100 for w in words):
+            raise SettingsError(f"{name} is too long: list at most 500 terms of 100 characters")
+        return words
 
     def fraction(self, name: str, *, default: float) -> float:
         value = self.text(name)

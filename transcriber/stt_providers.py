@@ -6,9 +6,11 @@ import importlib
 from collections.abc import Callable
 
 from livekit.agents import stt
+from livekit.agents.types import NOT_GIVEN
 from livekit.agents.vad import VAD
 
 from .settings import Settings, SettingsError
+from .stt_failover import FailoverOptions, FailoverSTT
 
 SAMPLE_RATE = 16000
 """Every provider is fed 16 kHz mono: what Whisper, Deepgram and Speechmatics expect."""
@@ -68,11 +70,18 @@ def load_vad() -> VAD:
     return silero.VAD.load()
 
 
-def build_stt(settings: Settings, *, vad: VAD) -> stt.STT:
-    providers = [_build_one(name, settings, vad) for name in settings.stt_providers]
-    if len(providers) == 1:
-        return providers[0]
-    return stt.FallbackAdapter(providers)
+def build_stt(settings: Settings, *, vad: VAD) -> FailoverSTT:
+    """The providers in order of preference; even a single one gets reconnects with
+    replay, so a dropped connection loses no words."""
+    providers = {name: _build_one(name, settings, vad) for name in settings.stt_providers}
+    return FailoverSTT(
+        providers,
+        FailoverOptions(
+            retries_per_provider=settings.failover_retries,
+            cooldown=max(settings.failover_cooldown, 0.1),
+            max_cooldown=max(60.0, settings.failover_cooldown),
+        ),
+    )
 
 
 def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT:
@@ -85,13 +94,30 @@ def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT:
     if name == "deepgram":
         from livekit.plugins import deepgram
 
+        dg = settings.deepgram
         return deepgram.STT(
-            api_key=settings.deepgram_api_key, language=settings.language, sample_rate=SAMPLE_RATE
+            api_key=settings.deepgram_api_key,
+            base_url=dg.url,
+            model=dg.model,
+            language=settings.language,
+            sample_rate=SAMPLE_RATE,
+            endpointing_ms=dg.endpointing_ms,
+            smart_format=dg.smart_format,
+            keyterm=list(dg.keyterms) if dg.keyterms else NOT_GIVEN,
         )
     if name == "speechmatics":
         from livekit.plugins import speechmatics
 
-        return speechmatics.STT(api_key=settings.speechmatics_api_key, language=settings.language)
+        sm = settings.speechmatics
+        return speechmatics.STT(
+            api_key=settings.speechmatics_api_key,
+            base_url=sm.url,
+            model=sm.model or NOT_GIVEN,
+            language=settings.language,
+            include_partials=sm.partials,
+            additional_vocab=[{"content": w} for w in sm.vocabulary] or NOT_GIVEN,
+            vad=vad,
+        )
     return _load_factory(name)(settings)
 
 

@@ -1,15 +1,28 @@
-"""Track pipeline: one subscribed audio track → one STT stream → its caption publisher."""
+"""Track pipeline: one subscribed audio track → speech gate → STT stream → captions.
+
+With gating on, audio reaches the STT only around speech (see `speech_gate`); the STT
+stream is opened on the first speech, flushed at the end of each burst and closed after a
+long silence. Without gating every frame is streamed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import logging
-from dataclasses import dataclass
+import time
+from collections import deque
+from dataclasses import dataclass, field
 
 from livekit import rtc
 from livekit.agents import stt, utils
+from livekit.agents.vad import VAD
 
+from . import metrics
 from .captions import CaptionOutputs, CaptionPublisher
+from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
+from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
 
 logger = logging.getLogger("transcriber.track")
 
@@ -20,15 +33,42 @@ class PipelineOptions:
     outputs: CaptionOutputs = CaptionOutputs()
     drain_timeout: float = 5.0
     """How long closing waits for the STT to deliver the last final."""
-    max_retry_interval: float = 30.0
+    gate: GateOptions | None = None
+    """None streams every frame to the STT (no VAD gating)."""
+
+
+@dataclass
+class TrackUsage:
+    """What one track cost: logged when it closes, summed per room."""
+
+    seconds_received: float = 0.0
+    stt: dict[str, ProviderUsage] = field(default_factory=dict)
+
+    def add(self, other: TrackUsage) -> None:
+        self.seconds_received += other.seconds_received
+        for name, usage in other.stt.items():
+            self.add_stt(name, usage)
+
+    def add_stt(self, name: str, usage: ProviderUsage) -> None:
+        total = self.stt.setdefault(name, ProviderUsage())
+        total.seconds_sent += usage.seconds_sent
+        total.connected_seconds += usage.connected_seconds
+        total.failures += usage.failures
+
+    def log_fields(self) -> dict[str, float]:
+        fields = {"audio_received_s": round(self.seconds_received, 2)}
+        for name, usage in self.stt.items():
+            fields[f"stt_{name}_sent_s"] = round(usage.seconds_sent, 2)
+            fields[f"stt_{name}_connected_s"] = round(usage.connected_seconds, 2)
+        return fields
 
 
 class TrackPipeline:
     """Runs while its track is subscribed; `aclose()` ends the input, lets the STT publish
     its last final (bounded by `drain_timeout`), then releases everything.
 
-    A failing STT stream is reopened with backoff for as long as the track lives, so a
-    pipeline never dies silently and never affects other tracks.
+    STT failures are handled below (reconnects, failover, replay), so one track's trouble
+    never reaches the others.
     """
 
     def __init__(
@@ -37,27 +77,38 @@ class TrackPipeline:
         room: rtc.Room,
         track: rtc.Track,
         speaker_identity: str,
-        stt: stt.STT,
+        stt: FailoverSTT,
+        vad: VAD,
         options: PipelineOptions,
     ) -> None:
         self._stt = stt
         self._opts = options
-        self._log_extra = {"participant": speaker_identity, "track": track.sid}
+        self._log_extra = {
+            "room": room.name,
+            "participant": speaker_identity,
+            "track": track.sid,
+        }
         self.publisher = CaptionPublisher(
             room, speaker_identity=speaker_identity, track_sid=track.sid, outputs=options.outputs
         )
+        self.usage = TrackUsage()
         self._audio = rtc.AudioStream.from_track(
             track=track, sample_rate=options.sample_rate, num_channels=1
         )
-        self._stream: stt.RecognizeStream | None = None
-        self._input_ended = False
+        self._gate = SpeechGate(vad, options.gate) if options.gate is not None else None
+        self._track_clock = _ArrivalClock()
+        self._stream: FailoverStream | None = None
+        self._stream_clock = _ArrivalClock()
+        self._consumers: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
+        self._forward = asyncio.create_task(self._forward_audio(), name="track-audio")
         self._task = asyncio.create_task(self._run(), name=f"track-pipeline-{track.sid}")
 
     def flush(self) -> None:
         """Marks a segment boundary (the track was muted): the STT finalizes what it has."""
-        if self._stream is not None and not self._input_ended:
-            self._stream.flush()
+        if self._stream is not None:
+            with contextlib.suppress(RuntimeError):
+                self._stream.flush()
 
     async def aclose(self) -> None:
         if self._closing is None:
@@ -65,68 +116,124 @@ class TrackPipeline:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        self._end_input()
+        self._forward.cancel()  # no more track audio; what was received still goes out
+        if self._gate is not None:
+            self._gate.end_input()
         try:
             await asyncio.wait_for(asyncio.shield(self._task), self._opts.drain_timeout)
         except asyncio.TimeoutError:
             logger.warning("STT did not finish in time, closing the track", extra=self._log_extra)
-            await utils.aio.cancel_and_wait(self._task)
         except Exception:
-            pass  # _run logs its own failures
-
-    def _end_input(self) -> None:
-        if self._input_ended:
-            return
-        self._input_ended = True
-        if self._stream is not None:
-            try:
-                self._stream.end_input()
-            except RuntimeError:
-                pass  # the stream already closed on its own
+            logger.exception("track pipeline failed", extra=self._log_extra)
+        await utils.aio.cancel_and_wait(self._task, self._forward, *self._consumers)
+        await self._audio.aclose()
+        if self._gate is not None:
+            await self._gate.aclose()
+        await self.publisher.close_open_segment()
 
     async def _run(self) -> None:
-        forward = asyncio.create_task(self._forward_audio())
-        try:
-            await self._recognize()
-        finally:
-            await utils.aio.cancel_and_wait(forward)
-            await self._audio.aclose()
-            await self.publisher.close_open_segment()
+        if self._gate is not None:
+            await self._follow_gate(self._gate)
+        else:
+            await asyncio.wait([self._forward])
+        self._end_stream()
+        while self._consumers:
+            await asyncio.wait(list(self._consumers))
 
     async def _forward_audio(self) -> None:
+        """Track audio into the gate (or straight to the STT) until the track ends."""
         async for event in self._audio:
-            if self._input_ended:
-                break
-            if self._stream is not None:
-                try:
-                    self._stream.push_frame(event.frame)
-                except RuntimeError:
-                    pass  # stream failed between frames; _recognize reopens one
-        self._end_input()
+            frame = event.frame
+            self.usage.seconds_received += frame.duration
+            metrics.AUDIO_RECEIVED.inc(frame.duration)
+            self._track_clock.record(self.usage.seconds_received, time.monotonic())
+            if self._gate is not None:
+                self._gate.push_frame(frame)
+            else:
+                self._send(frame, arrived=time.monotonic())
+        if self._gate is not None:
+            self._gate.end_input()
 
-    async def _recognize(self) -> None:
-        failures = 0
-        while True:
-            stream = self._stt.stream()
-            self._stream = stream
-            if self._input_ended:
+    async def _follow_gate(self, gate: SpeechGate) -> None:
+        async for event in gate:
+            if isinstance(event, GateAudio):
+                arrived = self._track_clock.at(event.start + event.frame.duration)
+                self._send(event.frame, arrived=arrived)
+            elif isinstance(event, GateBurstEnd):
+                self.flush()
+            elif isinstance(event, GateIdle):
+                self._end_stream()
+
+    def _send(self, frame: rtc.AudioFrame, *, arrived: float | None) -> None:
+        if self._stream is None:
+            self._open_stream()
+        assert self._stream is not None
+        self._stream.push_frame(frame)
+        self._stream_clock.record(self._stream_clock.end + frame.duration, arrived)
+
+    def _open_stream(self) -> None:
+        stream = self._stt.stream(log_extra=self._log_extra)
+        self._stream = stream
+        self._stream_clock = _ArrivalClock()
+        task = asyncio.create_task(self._consume(stream, self._stream_clock), name="track-stt")
+        self._consumers.add(task)
+        task.add_done_callback(self._consumers.discard)
+
+    def _end_stream(self) -> None:
+        """Ends the open STT stream's input; its consumer publishes what is left."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(RuntimeError):
                 stream.end_input()
-            try:
-                async for event in stream:
-                    await self.publisher.on_speech_event(event)
-                    if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
-                        failures = 0
-                if not self._input_ended:
-                    raise RuntimeError("the STT closed the stream while the track was live")
-            except Exception as e:
-                failures += 1
-                if failures == 1:
-                    logger.error("STT stream failed: %s", e, extra=self._log_extra)
-            finally:
-                self._stream = None
-                await stream.aclose()
 
-            if self._input_ended:
-                return
-            await self.publisher.close_open_segment()
-            await asyncio.sleep(min(self._opts.max_retry_interval, 0.5 * 2 ** (failures - 1)))
+    async def _consume(self, stream: FailoverStream, clock: _ArrivalClock) -> None:
+        try:
+            async for event in stream:
+                await self.publisher.on_speech_event(event)
+                if event.alternatives and event.type in _CAPTIONS:
+                    arrived = clock.at(event.alternatives[0].end_time)
+                    if arrived is not None:
+                        metrics.CAPTION_LATENCY.labels(kind=_CAPTIONS[event.type]).observe(
+                            time.monotonic() - arrived
+                        )
+        except Exception:
+            logger.exception("STT stream failed", extra=self._log_extra)
+        finally:
+            if self._stream is stream:
+                self._stream = None
+            await stream.aclose()
+            for name, usage in stream.usage.items():
+                self.usage.add_stt(name, usage)
+
+
+_CAPTIONS = {
+    stt.SpeechEventType.INTERIM_TRANSCRIPT: "interim",
+    stt.SpeechEventType.FINAL_TRANSCRIPT: "final",
+}
+
+
+class _ArrivalClock:
+    """When the audio up to a given position (seconds) arrived, for caption latency."""
+
+    def __init__(self, keep: float = 120.0) -> None:
+        self._keep = keep
+        self._ends: deque[float] = deque()
+        self._times: deque[float | None] = deque()
+
+    @property
+    def end(self) -> float:
+        return self._ends[-1] if self._ends else 0.0
+
+    def record(self, end: float, arrived: float | None) -> None:
+        self._ends.append(end)
+        self._times.append(arrived)
+        while self._ends and end - self._ends[0] > self._keep:
+            self._ends.popleft()
+            self._times.popleft()
+
+    def at(self, position: float) -> float | None:
+        if position <= 0 or not self._ends:
+            return None
+        i = bisect.bisect_left(self._ends, position - 1e-6)
+        return self._times[min(i, len(self._times) - 1)]
+

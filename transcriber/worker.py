@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 
 from livekit import rtc
-from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess
+from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, utils
 from livekit.agents.worker import WorkerPermissions, _DefaultLoadCalc
 
+from prometheus_client import CollectorRegistry, multiprocess
+
+from . import metrics
 from .captions import CaptionOutputs
 from .room_claim import RoomClaims, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
+from .speech_gate import GateOptions
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad
 from .track_pipeline import PipelineOptions
 
@@ -40,7 +46,10 @@ def build_server(settings: Settings) -> AgentServer:
         setup_fnc=prewarm,
         port=settings.http_port,
         load_threshold=settings.load_threshold,
-        load_fnc=lambda server: worker_load(server, max_rooms=settings.max_rooms),
+        load_fnc=lambda server: worker_load(server, settings),
+        drain_timeout=int(settings.drain_timeout),
+        prometheus_port=settings.metrics_port or None,
+        prometheus_multiproc_dir=_metrics_dir(),
     )
     claims = RoomClaims(
         identity=settings.transcriber_identity,
@@ -58,13 +67,38 @@ def build_server(settings: Settings) -> AgentServer:
     return server
 
 
-def worker_load(server: AgentServer, *, max_rooms: int) -> float:
+def worker_load(server: AgentServer, settings: Settings) -> float:
     """An idle worker always takes a room: the CPU it sees is then other processes' work,
-    and refusing would drop the dispatch. A busy one reports CPU or its room count."""
+    and refusing would drop the dispatch. A busy one reports the highest of its CPU, its
+    rooms and its captioned tracks against their caps."""
     rooms = len(server.active_jobs)
     if rooms == 0:
         return 0.0
-    return max(_DefaultLoadCalc.get_load(server), rooms / max_rooms)
+    return max(
+        _DefaultLoadCalc.get_load(server),
+        rooms / settings.max_rooms,
+        active_tracks_in_worker() / settings.max_tracks,
+    )
+
+
+def _metrics_dir() -> str:
+    """Job processes write their metrics here; the main process serves the sum. One
+    directory per worker process, so two workers on one host never mix numbers."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
+        prefix="transcriber-metrics-"
+    )
+
+
+def active_tracks_in_worker() -> int:
+    """Tracks captioned by every job process of this worker (from their shared metrics)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return 0
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    for family in registry.collect():
+        if family.name == "transcriber_active_tracks":
+            return round(sum(sample.value for sample in family.samples))
+    return 0
 
 
 def prewarm(proc: JobProcess) -> None:
@@ -95,23 +129,43 @@ async def entrypoint(ctx: JobContext) -> None:
     manager = RoomManager(
         ctx.room,
         ctx.proc.userdata["stt"],
-        RoomOptions(
-            pipeline=PipelineOptions(
-                sample_rate=SAMPLE_RATE,
-                outputs=CaptionOutputs(
-                    text_streams=settings.text_streams,
-                    legacy_transcriptions=settings.legacy_transcriptions,
-                ),
-                drain_timeout=settings.track_drain_timeout,
-            ),
-            transcribe_agents=settings.transcribe_agents,
-            empty_room_timeout=settings.empty_room_timeout,
-        ),
+        ctx.proc.userdata["vad"],
+        room_options(settings),
         on_empty=lambda: ctx.shutdown("room empty"),
+        worker_tracks=active_tracks_in_worker,
     )
     ctx.proc.userdata["room_manager"] = manager
+    ctx.proc.userdata["lag_watch"] = asyncio.create_task(metrics.watch_event_loop_lag())
     manager.start()
+    metrics.ACTIVE_ROOMS.inc()
     logger.info("captioning room", extra={"room": room_name})
+
+
+def room_options(settings: Settings) -> RoomOptions:
+    gate = None
+    if settings.vad_gating:
+        # Deepgram keeps an idle connection open for free (KeepAlive); others are closed
+        keep_alive = settings.stt_providers[0] == "deepgram" or not settings.stt_idle_close
+        gate = GateOptions(
+            preroll=settings.gate_preroll,
+            hangover=settings.gate_hangover,
+            idle_close=None if keep_alive else settings.stt_idle_close,
+        )
+    return RoomOptions(
+        pipeline=PipelineOptions(
+            sample_rate=SAMPLE_RATE,
+            outputs=CaptionOutputs(
+                text_streams=settings.text_streams,
+                legacy_transcriptions=settings.legacy_transcriptions,
+            ),
+            drain_timeout=settings.track_drain_timeout,
+            gate=gate,
+        ),
+        transcribe_agents=settings.transcribe_agents,
+        empty_room_timeout=settings.empty_room_timeout,
+        max_tracks_per_room=settings.max_tracks_per_room,
+        max_tracks_per_worker=settings.max_tracks,
+    )
 
 
 async def close_room(ctx: JobContext) -> None:
@@ -120,3 +174,6 @@ async def close_room(ctx: JobContext) -> None:
     manager: RoomManager | None = ctx.proc.userdata.pop("room_manager", None)
     if manager is not None:
         await manager.aclose()
+        metrics.ACTIVE_ROOMS.dec()
+    if (lag_watch := ctx.proc.userdata.pop("lag_watch", None)) is not None:
+        await utils.aio.cancel_and_wait(lag_watch)

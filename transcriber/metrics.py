@@ -1,0 +1,61 @@
+"""Prometheus metrics, served by the worker on `TRANSCRIBER_METRICS_PORT` at /metrics.
+
+Jobs run in child processes; livekit-agents' multiprocess mode (a shared directory set
+before any job starts) lets the main process serve every process's numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACTIVE_ROOMS = Gauge(
+    "transcriber_active_rooms", "Rooms being captioned", multiprocess_mode="livesum"
+)
+ACTIVE_TRACKS = Gauge(
+    "transcriber_active_tracks", "Audio tracks being captioned", multiprocess_mode="livesum"
+)
+CAPTIONS_PUBLISHED = Counter(
+    "transcriber_captions_published_total", "Captions published", ["kind"]
+)
+AUDIO_RECEIVED = Counter(
+    "transcriber_audio_received_seconds_total", "Seconds of track audio received"
+)
+STT_AUDIO_SENT = Counter(
+    "transcriber_stt_audio_sent_seconds_total",
+    "Seconds of audio sent to each STT provider (what cloud providers bill)",
+    ["provider"],
+)
+STT_CONNECTED_SECONDS = Counter(
+    "transcriber_stt_connected_seconds_total",
+    "Seconds STT streams were open, per provider",
+    ["provider"],
+)
+STT_ERRORS = Counter("transcriber_stt_errors_total", "STT stream failures", ["provider"])
+STT_RECONNECTS = Counter(
+    "transcriber_stt_reconnects_total", "Reconnects to the same STT provider", ["provider"]
+)
+CAPTION_LATENCY = Histogram(
+    "transcriber_caption_latency_seconds",
+    "From the arrival of a caption's last audio to the caption being published",
+    ["kind"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+EVENT_LOOP_LAG = Histogram(
+    "transcriber_event_loop_lag_seconds",
+    "How late the job process's event loop runs a timer",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+LIMIT_REACHED = Counter(
+    "transcriber_limit_reached_total", "Tracks not captioned because a cap was reached", ["cap"]
+)
+
+
+async def watch_event_loop_lag(interval: float = 0.5) -> None:
+    """Runs for the life of a job: a loop blocked by CPU work shows up here first."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))

@@ -1,0 +1,352 @@
+"""STT failover: one recognizer over an ordered list of providers, per track.
+
+livekit-agents' `stt.FallbackAdapter` loses the audio a failing stream had consumed, keeps
+a track on the fallback until that stream fails too, and streams every frame to a provider
+it is probing (billed twice). This one keeps the audio not yet covered by a final in a
+replay buffer, so a reconnect or a switch replays it and no word is lost; it moves back to
+the preferred provider at the next segment boundary once that provider's cool-down has
+passed; and with every provider down it keeps trying with backoff while buffering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+from livekit import rtc
+from livekit.agents import APIConnectOptions, stt, utils
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+
+from . import metrics
+
+logger = logging.getLogger("transcriber.stt")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailoverOptions:
+    retries_per_provider: int = 1
+    """Reconnects to the same provider (replaying the buffer) before moving to the next."""
+    retry_interval: float = 0.5
+    connect_timeout: float = 5.0
+    cooldown: float = 5.0
+    """How long a provider that failed past its retries is skipped; doubles per failure."""
+    max_cooldown: float = 60.0
+    max_replay: float = 30.0
+    """Seconds of audio not yet covered by a final kept for replay; older audio is dropped."""
+
+    def __post_init__(self) -> None:
+        if self.retries_per_provider < 0 or self.retry_interval < 0 or self.cooldown <= 0:
+            raise ValueError("retries_per_provider, retry_interval >= 0 and cooldown > 0")
+        if self.max_cooldown < self.cooldown or self.max_replay <= 0:
+            raise ValueError("max_cooldown must be >= cooldown and max_replay > 0")
+
+
+@dataclass
+class ProviderHealth:
+    """Shared by every track of the process: one track finding a provider down spares the
+    others the wait; one succeeding brings it back for all."""
+
+    label: str
+    failures: int = 0
+    down_until: float = 0.0
+
+    def available(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def mark_failed(self, opts: FailoverOptions) -> None:
+        self.failures += 1
+        cooldown = min(opts.max_cooldown, opts.cooldown * 2 ** (self.failures - 1))
+        self.down_until = time.monotonic() + cooldown
+
+    def mark_ok(self) -> None:
+        self.failures = 0
+        self.down_until = 0.0
+
+
+class FailoverSTT(stt.STT):
+    def __init__(
+        self,
+        providers: dict[str, stt.STT],
+        options: FailoverOptions | None = None,
+    ) -> None:
+        """`providers` in order of preference, by the name logs and metrics use."""
+        if not providers:
+            raise ValueError("at least one STT provider is needed")
+        super().__init__(
+            capabilities=stt.STTCapabilities(
+                streaming=True,
+                interim_results=any(p.capabilities.interim_results for p in providers.values()),
+                manual_flush=True,
+            )
+        )
+        self.providers = list(providers.values())
+        self.options = options or FailoverOptions()
+        self.health = [ProviderHealth(label=name) for name in providers]
+
+    @property
+    def provider(self) -> str:
+        return ",".join(h.label for h in self.health)
+
+    def prewarm(self) -> None:
+        for provider in self.providers:
+            provider.prewarm()
+
+    async def _recognize_impl(self, buffer, *, language=NOT_GIVEN, conn_options=None):  # type: ignore[no-untyped-def]
+        raise NotImplementedError("the transcriber only streams")
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+        log_extra: dict[str, str] | None = None,
+    ) -> FailoverStream:
+        return FailoverStream(self, conn_options=conn_options, log_extra=log_extra or {})
+
+    async def aclose(self) -> None:
+        for provider in self.providers:
+            await provider.aclose()
+
+
+@dataclass
+class _Buffered:
+    position: float
+    """Seconds of track audio before this frame, counted from the stream's start."""
+    frame: rtc.AudioFrame
+
+    @property
+    def end(self) -> float:
+        return self.position + self.frame.duration
+
+
+@dataclass
+class ProviderUsage:
+    seconds_sent: float = 0.0
+    connected_seconds: float = 0.0
+    failures: int = 0
+
+
+@dataclass
+class _Attempt:
+    """One provider stream: where its audio started, so its times map to the track's."""
+
+    index: int
+    stream: stt.RecognizeStream
+    base: float
+    opened_at: float = field(default_factory=time.monotonic)
+
+
+class FailoverStream(stt.RecognizeStream):
+    def __init__(
+        self,
+        failover: FailoverSTT,
+        *,
+        conn_options: APIConnectOptions,
+        log_extra: dict[str, str],
+    ) -> None:
+        # retrying is ours (with replay): the base class must not retry around _run
+        super().__init__(stt=failover, conn_options=dataclasses.replace(conn_options, max_retry=0))
+        self._failover = failover
+        self._opts = failover.options
+        self._log_extra = log_extra
+        self._buffer: collections.deque[_Buffered] = collections.deque()
+        self._position = 0.0
+        self._attempt: _Attempt | None = None
+        self._input_done = asyncio.Event()
+        self._pending_flush = False
+        self._switch_back = False
+        self._state = ""
+        self._dropped_warned = False
+        self.usage = {h.label: ProviderUsage() for h in failover.health}
+
+    @property
+    def active_provider(self) -> str | None:
+        return self._failover.health[self._attempt.index].label if self._attempt else None
+
+    async def _run(self) -> None:
+        reader = asyncio.create_task(self._read_input(), name="failover-input")
+        try:
+            await self._drive()
+        finally:
+            await utils.aio.cancel_and_wait(reader)
+            if self._attempt is not None:
+                await self._release(self._attempt)
+
+    async def _read_input(self) -> None:
+        async for item in self._input_ch:
+            if isinstance(item, rtc.AudioFrame):
+                self._buffer_frame(item)
+                if self._attempt is not None:
+                    self._send(self._attempt, item)
+            elif self._attempt is not None:
+                self._attempt.stream.flush()
+            else:
+                self._pending_flush = True
+        self._input_done.set()
+        if self._attempt is not None:
+            with contextlib.suppress(RuntimeError):
+                self._attempt.stream.end_input()
+
+    def _buffer_frame(self, frame: rtc.AudioFrame) -> None:
+        self._buffer.append(_Buffered(self._position, frame))
+        self._position += frame.duration
+        while self._buffer and self._position - self._buffer[0].position > self._opts.max_replay:
+            self._buffer.popleft()
+            if not self._dropped_warned:
+                self._dropped_warned = True
+                logger.warning(
+                    "no STT has taken this track's audio for %.0f s, dropping the oldest",
+                    self._opts.max_replay,
+                    extra=self._log_extra,
+                )
+
+    def _send(self, attempt: _Attempt, frame: rtc.AudioFrame) -> None:
+        try:
+            attempt.stream.push_frame(frame)
+        except RuntimeError:
+            return  # that stream is failing; its replacement replays the buffer
+        label = self._failover.health[attempt.index].label
+        self.usage[label].seconds_sent += frame.duration
+        metrics.STT_AUDIO_SENT.labels(provider=label).inc(frame.duration)
+
+    async def _drive(self) -> None:
+        """Runs provider streams one after another until the input ends and the last
+        stream has delivered its finals."""
+        outage = 0
+        while True:
+            outcome = await self._try_providers()
+            if outcome == "done":
+                return
+            if outcome == "switch":
+                outage = 0
+                continue
+            outage += 1
+            self._set_state("all STT providers down, retrying", logging.ERROR)
+            await asyncio.sleep(min(self._opts.max_cooldown, self._opts.cooldown * outage))
+
+    async def _try_providers(self) -> str:
+        """Available providers in order of preference (all of them when none is), each
+        retried before the next: "done", "switch" (back to a preferred one) or "failed"."""
+        healths = self._failover.health
+        candidates = [i for i, h in enumerate(healths) if h.available()] or list(
+            range(len(healths))
+        )
+        for index in candidates:
+            label = healths[index].label
+            tries = 0
+            while True:
+                attempt = self._open(index)
+                error, delivered = await self._consume(attempt)
+                await self._release(attempt)
+                if error is None:
+                    return "switch" if self._switch_back else "done"
+                self.usage[label].failures += 1
+                metrics.STT_ERRORS.labels(provider=label).inc()
+                if self._input_done.is_set() and not self._buffer:
+                    return "done"  # nothing left to recognize
+                tries = 1 if delivered else tries + 1
+                if tries > self._opts.retries_per_provider:
+                    break
+                self._set_state(f"reconnecting to {label}", logging.WARNING, error)
+                metrics.STT_RECONNECTS.labels(provider=label).inc()
+                await asyncio.sleep(self._opts.retry_interval)
+            healths[index].mark_failed(self._opts)
+            self._set_state(f"{label} failed past its retries", logging.WARNING, error)
+        return "failed"
+
+    def _next_available(self, start: int) -> int | None:
+        for i in range(start, len(self._failover.providers)):
+            if self._failover.health[i].available():
+                return i
+        return None
+
+    def _open(self, index: int) -> _Attempt:
+        conn = dataclasses.replace(
+            self._conn_options, max_retry=0, timeout=self._opts.connect_timeout
+        )
+        stream = self._failover.providers[index].stream(conn_options=conn)
+        base = self._buffer[0].position if self._buffer else self._position
+        attempt = _Attempt(index=index, stream=stream, base=base)
+        self._attempt = attempt
+        self._switch_back = False
+        for item in list(self._buffer):
+            self._send(attempt, item.frame)
+        if self._pending_flush:
+            self._pending_flush = False
+            stream.flush()
+        if self._input_done.is_set():
+            stream.end_input()
+        return attempt
+
+    async def _consume(self, attempt: _Attempt) -> tuple[Exception | None, bool]:
+        """Forwards the stream's events. Returns the error that ended it, if any, and
+        whether it delivered anything (a provider that worked a while earns new retries)."""
+        health = self._failover.health[attempt.index]
+        delivered = False
+        try:
+            async for event in attempt.stream:
+                if not delivered:
+                    delivered = True
+                    health.mark_ok()
+                    self._set_state(f"captioning with {health.label}", logging.INFO)
+                self._event_ch.send_nowait(_shift(event, attempt.base))
+                if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    self._forget_until(attempt, event)
+                    if self._should_switch_back(attempt):
+                        self._switch_back = True
+                        return None, delivered
+            if not self._input_done.is_set():
+                error = RuntimeError(f"{health.label} closed the stream while the track was live")
+                return error, delivered
+            return None, delivered
+        except Exception as e:  # any provider error: retry, fail over, never crash the track
+            return e, delivered
+
+    def _forget_until(self, attempt: _Attempt, event: stt.SpeechEvent) -> None:
+        """Drops the audio a final covers: it will never be replayed."""
+        end = max((a.end_time for a in event.alternatives), default=0.0)
+        covered = attempt.base + end if end > 0 else self._position
+        while self._buffer and self._buffer[0].end <= covered + 1e-6:
+            self._buffer.popleft()
+        self._dropped_warned = False
+
+    def _should_switch_back(self, attempt: _Attempt) -> bool:
+        preferred = self._next_available(0)
+        return preferred is not None and preferred < attempt.index
+
+    async def _release(self, attempt: _Attempt) -> None:
+        if self._attempt is attempt:
+            self._attempt = None
+        label = self._failover.health[attempt.index].label
+        connected = time.monotonic() - attempt.opened_at
+        self.usage[label].connected_seconds += connected
+        metrics.STT_CONNECTED_SECONDS.labels(provider=label).inc(connected)
+        with contextlib.suppress(RuntimeError):
+            attempt.stream.end_input()
+        try:
+            await attempt.stream.aclose()
+        except Exception:
+            pass  # already failed; its error was handled
+
+    def _set_state(self, state: str, level: int, error: Exception | None = None) -> None:
+        if state == self._state:
+            return
+        self._state = state
+        detail = f": {error}" if error else ""
+        logger.log(level, "%s%s", state, detail, extra=self._log_extra)
+
+
+def _shift(event: stt.SpeechEvent, base: float) -> stt.SpeechEvent:
+    """Provider times count from that provider's stream start; captions count from ours."""
+    if not base or not event.alternatives:
+        return event
+    shifted = [
+        dataclasses.replace(a, start_time=a.start_time + base, end_time=a.end_time + base)
+        for a in event.alternatives
+    ]
+    return dataclasses.replace(event, alternatives=shifted)
