@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .livekit_server import ROOT, LiveKitServer
+from .livekit_server import API_SECRET, ROOT, LiveKitServer
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +27,35 @@ def room_name() -> str:
     return f"room-{uuid.uuid4().hex[:8]}"
 
 
+_WORKER_LOGS: list[Path] = []
+"""Every worker log of the run, checked for secrets when the run ends."""
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No configured secret may appear in any worker log of a full test run."""
+    secrets = {API_SECRET, *_TEST_SECRETS}
+    leaks = [
+        f"{path}: contains a configured secret"
+        for path in _WORKER_LOGS
+        if path.exists() and any(secret in path.read_text(errors="replace") for secret in secrets)
+    ]
+    if leaks:
+        print("\n".join(["", "SECRET LEAKED IN LOGS:", *leaks]), file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_TEST_SECRETS: set[str] = set()
+
+
 class WorkerProcess:
     """`python -m transcriber start` as a real subprocess, logs kept for the test."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        _WORKER_LOGS.append(log_path)
+        _TEST_SECRETS.update(
+            v for k, v in env.items() if k.endswith(("_API_KEY", "_API_SECRET")) and len(v) >= 8
+        )
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "transcriber", "start"],

@@ -21,6 +21,8 @@ from livekit.agents.types import (
     TOPIC_TRANSCRIPTION,
 )
 
+from . import metrics
+
 logger = logging.getLogger("transcriber.captions")
 
 
@@ -123,6 +125,7 @@ class CaptionPublisher:
             self.finals_published += 1
         else:
             self.interims_published += 1
+        metrics.CAPTIONS_PUBLISHED.labels(kind="final" if caption.final else "interim").inc()
         if self._outputs.text_streams:
             await self._publish_text_stream(caption)
         if self._outputs.legacy_transcriptions:

@@ -26,7 +26,7 @@ class SettingsError(ValueError):
 @dataclass(frozen=True, kw_only=True)
 class DeepgramSettings:
     model: str = "nova-3"
-    url: str = "wss://api.deepgram.com/v1/listen"
+    url: str = "https://api.deepgram.com/v1/listen"
     """A regional or self-hosted endpoint."""
     endpointing_ms: int = 25
     """Silence (ms) after which Deepgram ends a sentence."""
@@ -69,7 +69,9 @@ class Settings:
     """Seconds a failed provider is skipped before the transcriber tries it again."""
 
     vad_gating: bool = True
-    """Send audio to the STT only around speech (cloud STT bills every second sent)."""
+    """Send audio to the STT only around speech (cloud STT bills every second sent). By
+    default on for cloud providers, off when local Whisper comes first: it already decodes
+    only what its own VAD calls speech."""
     gate_preroll: float = 0.5
     """Seconds of audio before detected speech that are sent with it (first syllables)."""
     gate_hangover: float = 0.8
@@ -144,7 +146,7 @@ class Settings:
             ),
             failover_retries=reader.count("TRANSCRIBER_FAILOVER_RETRIES", default=1, low=0),
             failover_cooldown=reader.seconds("TRANSCRIBER_FAILOVER_COOLDOWN", default=5.0),
-            vad_gating=reader.flag("TRANSCRIBER_VAD_GATING", default=True),
+            vad_gating=reader.flag("TRANSCRIBER_VAD_GATING", default=providers[0] != "local"),
             gate_preroll=reader.seconds("TRANSCRIBER_GATE_PREROLL", default=0.5),
             gate_hangover=reader.seconds("TRANSCRIBER_GATE_HANGOVER", default=0.8),
             stt_idle_close=reader.seconds("TRANSCRIBER_STT_IDLE_CLOSE", default=30.0),

@@ -38,6 +38,8 @@ class FailoverOptions:
     max_cooldown: float = 60.0
     max_replay: float = 30.0
     """Seconds of audio not yet covered by a final kept for replay; older audio is dropped."""
+    silence_replay: float = 5.0
+    """Seconds kept for replay while the provider reports no speech in progress."""
 
     def __post_init__(self) -> None:
         if self.retries_per_provider < 0 or self.retry_interval < 0 or self.cooldown <= 0:
@@ -162,6 +164,7 @@ class FailoverStream(stt.RecognizeStream):
         self._switch_back = False
         self._state = ""
         self._dropped_warned = False
+        self._in_speech = False
         self.usage = {h.label: ProviderUsage() for h in failover.health}
 
     @property
@@ -195,13 +198,15 @@ class FailoverStream(stt.RecognizeStream):
     def _buffer_frame(self, frame: rtc.AudioFrame) -> None:
         self._buffer.append(_Buffered(self._position, frame))
         self._position += frame.duration
-        while self._buffer and self._position - self._buffer[0].position > self._opts.max_replay:
+        connected = self._attempt is not None
+        keep = self._opts.silence_replay if connected and not self._in_speech else self._opts.max_replay
+        while self._buffer and self._position - self._buffer[0].position > keep:
             self._buffer.popleft()
-            if not self._dropped_warned:
+            if not connected and not self._dropped_warned:
                 self._dropped_warned = True
                 logger.warning(
-                    "no STT has taken this track's audio for %.0f s, dropping the oldest",
-                    self._opts.max_replay,
+                    "no STT provider has taken this track's audio for %.0f s, dropping the oldest",
+                    keep,
                     extra=self._log_extra,
                 )
 
@@ -295,6 +300,10 @@ class FailoverStream(stt.RecognizeStream):
                     health.mark_ok()
                     self._set_state(f"captioning with {health.label}", logging.INFO)
                 self._event_ch.send_nowait(_shift(event, attempt.base))
+                if event.type in _SPEECH_OPENS:
+                    self._in_speech = True
+                elif event.type in _SPEECH_CLOSES:
+                    self._in_speech = False
                 if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
                     self._forget_until(attempt, event)
                     if self._should_switch_back(attempt):
@@ -339,6 +348,10 @@ class FailoverStream(stt.RecognizeStream):
         self._state = state
         detail = f": {error}" if error else ""
         logger.log(level, "%s%s", state, detail, extra=self._log_extra)
+
+
+_SPEECH_OPENS = (stt.SpeechEventType.START_OF_SPEECH, stt.SpeechEventType.INTERIM_TRANSCRIPT)
+_SPEECH_CLOSES = (stt.SpeechEventType.FINAL_TRANSCRIPT, stt.SpeechEventType.END_OF_SPEECH)
 
 
 def _shift(event: stt.SpeechEvent, base: float) -> stt.SpeechEvent:

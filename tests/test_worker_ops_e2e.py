@@ -1,0 +1,139 @@
+"""Operating the worker in a pool: metrics, graceful drain, load-based routing, caps."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+from .livekit_server import LiveKitServer
+from .participants import CaptionListener, Speaker
+from .test_worker_e2e import dispatch, speak, wait_transcriber
+from .tone_stt import script_words, utterance_audio
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus text format → {'name{labels}': value}."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def metric(samples: dict[str, float], name: str, **labels: str) -> float:
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for key, value in samples.items():
+        base = key.split("{")[0]
+        if base == name and all(w in key for w in wanted):
+            total += value
+    return total
+
+
+async def test_metrics_endpoint_shows_the_counters_moving(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    start_worker(TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_METRICS_PORT=str(port))
+    before = scrape(port)
+    assert metric(before, "transcriber_active_tracks") == 0
+
+    listener = await CaptionListener(livekit_server, room_name).join()
+    alice = await Speaker(livekit_server, room_name, "alice").join()
+    await dispatch(livekit_server, agent_name, room_name)
+    await wait_transcriber(livekit_server, room_name)
+    await asyncio.sleep(2.0)
+    await speak(alice, script_words(2, seed=5), tmp_path)
+    await listener.wait_for(lambda: len(listener.finals("alice")) >= 2)
+    await asyncio.sleep(1.0)
+
+    during = scrape(port)
+    assert metric(during, "transcriber_active_rooms") == 1
+    assert metric(during, "transcriber_active_tracks") == 1
+    assert metric(during, "transcriber_captions_published_total", kind="final") >= 2
+    assert metric(during, "transcriber_captions_published_total", kind="interim") >= 2
+    assert metric(during, "transcriber_audio_received_seconds_total") > 3
+    sent = metric(during, "transcriber_stt_audio_sent_seconds_total", provider="tests.tone_stt:build")
+    assert sent > 3
+    assert metric(during, "transcriber_caption_latency_seconds_count", kind="final") >= 2
+    assert metric(during, "transcriber_event_loop_lag_seconds_count") > 0
+
+    await alice.leave()
+    await asyncio.sleep(2.0)
+    after = scrape(port)
+    assert metric(after, "transcriber_active_tracks") == 0
+    await listener.leave()
+
+
+async def test_sigterm_mid_sentence_publishes_that_sentence_before_exiting(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str
+) -> None:
+    worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_DRAIN_TIMEOUT="3")
+    listener = await CaptionListener(livekit_server, room_name).join()
+    alice = await Speaker(livekit_server, room_name, "alice").join()
+    await dispatch(livekit_server, agent_name, room_name)
+    await wait_transcriber(livekit_server, room_name)
+    await asyncio.sleep(2.0)
+
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    audio = utterance_audio(words, pause=0.0)
+    speaking = asyncio.create_task(alice.play_samples(audio))
+    await listener.wait_for(lambda: any(not c.final for c in listener.of("alice")))
+    os.kill(worker.process.pid, signal.SIGTERM)  # what a container runtime sends to PID 1
+    while worker.process.poll() is None:
+        await asyncio.sleep(0.05)
+    exited = time.monotonic()
+    await asyncio.sleep(0.5)  # captions sent before the exit are in flight at most this long
+    speaking.cancel()
+
+    finals = [c for c in listener.of("alice") if c.final]
+    assert len(finals) == 1, listener.of("alice")
+    said = finals[0].text.split()
+    assert said == words[: len(said)] and len(said) >= 2, finals[0].text
+    assert finals[0].received_at <= exited + 0.5
+    assert "drain" in worker.log()
+    await alice.leave()
+    await listener.leave()
+
+
+async def test_a_new_room_goes_to_the_worker_with_capacity(
+    livekit_server: LiveKitServer, start_worker, agent_name: str
+) -> None:
+    caps = dict(TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_MAX_TRACKS="1")
+    full = start_worker(**caps)
+    busy_room = f"busy-{agent_name}"
+    alice = await Speaker(livekit_server, busy_room, "alice").join()
+    bob = await Speaker(livekit_server, busy_room, "bob").join()
+    await dispatch(livekit_server, agent_name, busy_room)
+    await wait_transcriber(livekit_server, busy_room)
+    deadline = time.monotonic() + 20
+    while "worker limit reached" not in full.log():
+        assert time.monotonic() < deadline, "the second track did not hit the worker cap"
+        await asyncio.sleep(0.2)
+    assert full.log().count("captioning track") == 1
+    await asyncio.sleep(3.0)  # the next load report marks this worker full
+
+    spare = start_worker(**caps)
+    rooms = [f"new-{i}-{agent_name}" for i in range(3)]
+    for room in rooms:
+        await dispatch(livekit_server, agent_name, room)
+        await wait_transcriber(livekit_server, room)
+    for room in rooms:
+        assert room in spare.log(), f"{room} was not sent to the worker with capacity"
+        assert not re.search(rf'"room": "{room}"', full.log())
+    for who in (alice, bob):
+        await who.leave()
