@@ -33,7 +33,12 @@ class Speaker:
         self.publication: rtc.LocalTrackPublication | None = None
 
     async def join(self, *, publish: bool = True) -> Speaker:
-        await self.room.connect(self.server.url, self.server.token(self.identity, self.room_name))
+        # speakers do not listen to each other: only the transcriber subscribes to a track
+        await self.room.connect(
+            self.server.url,
+            self.server.token(self.identity, self.room_name),
+            rtc.RoomOptions(auto_subscribe=False),
+        )
         if publish:
             await self.publish()
         return self
@@ -158,6 +163,18 @@ class CaptionListener:
 
     def finals(self, speaker: str, output: str = "text_stream") -> list[str]:
         return [c.text for c in self.of(speaker, output) if c.final]
+
+    async def wait_heard(self, speaker: str, said: str, *, max_wer: float, timeout: float = 40.0) -> str:
+        """The speaker's finals, once they match `said` within `max_wer` or `timeout`
+        has passed (recognizers may split or merge sentences, so no count is assumed)."""
+        from .speech_clips import word_error_rate
+
+        deadline = time.monotonic() + timeout
+        while word_error_rate(said, heard := " ".join(self.finals(speaker))) > max_wer:
+            if time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        return heard
 
     async def wait_for(self, predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
         deadline = time.monotonic() + timeout

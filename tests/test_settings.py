@@ -33,6 +33,14 @@ def test_secrets_stay_out_of_the_settings_repr() -> None:
     assert "dg-secret-123456" not in repr(settings)
 
 
+def test_gating_defaults_on_for_cloud_providers_and_off_for_local_whisper() -> None:
+    assert not Settings.from_env(BASE).vad_gating
+    cloud = Settings.from_env({**BASE, "TRANSCRIBER_STT_PROVIDER": "deepgram,local", "DEEPGRAM_API_KEY": "k"})
+    assert cloud.vad_gating
+    forced = Settings.from_env({**BASE, "TRANSCRIBER_VAD_GATING": "true"})
+    assert forced.vad_gating
+
+
 def test_provider_list_is_ordered() -> None:
     settings = Settings.from_env(
         {**BASE, "TRANSCRIBER_STT_PROVIDER": "deepgram, local", "DEEPGRAM_API_KEY": "k"}
@@ -55,6 +63,14 @@ def test_provider_list_is_ordered() -> None:
             {"TRANSCRIBER_TEXT_STREAMS": "off", "TRANSCRIBER_LEGACY_TRANSCRIPTIONS": "off"},
             "enable at least one caption output",
         ),
+        (
+            {"TRANSCRIBER_LANGUAGE": "multi", "TRANSCRIBER_STT_PROVIDER": "local"},
+            "TRANSCRIBER_LANGUAGE=multi is only understood by deepgram",
+        ),
+        ({"DEEPGRAM_URL": "api.deepgram.com"}, "DEEPGRAM_URL='api.deepgram.com' is not a URL"),
+        ({"TRANSCRIBER_GATE_PREROLL": "0.1"}, "would cut first syllables"),
+        ({"TRANSCRIBER_MAX_TRACKS": "0"}, "TRANSCRIBER_MAX_TRACKS='0' is not a count"),
+        ({"TRANSCRIBER_METRICS_PORT": "99999"}, "is not a port number"),
     ],
 )
 def test_bad_settings_name_the_variable_and_the_fix(env: dict[str, str], message: str) -> None:
@@ -98,6 +114,10 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
         ({"LOCAL_WHISPER_MODEL": "tiny.xx"}, "LOCAL_WHISPER_MODEL='tiny.xx' is not a known Whisper model"),
         ({"LOCAL_WHISPER_MODEL": "/nonexistent/model"}, "is not a known Whisper model or readable directory"),
         ({"TRANSCRIBER_LANGUAGE": "fr"}, "only understands English"),
+        (
+            {"LOCAL_WHISPER_MODEL": "large-v3", "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent"},
+            "LOCAL_WHISPER_MODEL='large-v3' is not downloaded",
+        ),
     ],
 )
 def test_worker_exits_with_one_line_for_an_unusable_whisper_model(

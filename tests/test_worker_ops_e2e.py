@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -48,7 +49,7 @@ async def test_metrics_endpoint_shows_the_counters_moving(
     livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    start_worker(TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_METRICS_PORT=str(port))
+    worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_METRICS_PORT=str(port))
     before = scrape(port)
     assert metric(before, "transcriber_active_tracks") == 0
 
@@ -56,7 +57,7 @@ async def test_metrics_endpoint_shows_the_counters_moving(
     alice = await Speaker(livekit_server, room_name, "alice").join()
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.sleep(2.0)
+    await worker.wait_captioning(alice.track_sid)
     await speak(alice, script_words(2, seed=5), tmp_path)
     await listener.wait_for(lambda: len(listener.finals("alice")) >= 2)
     await asyncio.sleep(1.0)
@@ -87,7 +88,7 @@ async def test_sigterm_mid_sentence_publishes_that_sentence_before_exiting(
     alice = await Speaker(livekit_server, room_name, "alice").join()
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.sleep(2.0)
+    await worker.wait_captioning(alice.track_sid)
 
     words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
     audio = utterance_audio(words, pause=0.0)
@@ -137,3 +138,48 @@ async def test_a_new_room_goes_to_the_worker_with_capacity(
         assert not re.search(rf'"room": "{room}"', full.log())
     for who in (alice, bob):
         await who.leave()
+
+
+def http_status(url: str) -> int:
+    try:
+        return urllib.request.urlopen(url, timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+async def test_ready_only_once_registered_with_livekit(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    from .conftest import WorkerProcess, worker_env
+
+    health, status = free_port(), free_port()
+    unreachable = worker_env(
+        livekit_server,
+        LIVEKIT_URL=f"ws://127.0.0.1:{free_port()}",
+        TRANSCRIBER_HTTP_PORT=str(health),
+        TRANSCRIBER_METRICS_PORT=str(status),
+    )
+    worker = WorkerProcess(unreachable, tmp_path / "unreachable.log")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ready = http_status(f"http://127.0.0.1:{status}/ready")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, worker.log()[-2000:]
+                await asyncio.sleep(0.2)
+        assert http_status(f"http://127.0.0.1:{health}/") == 200  # alive, but:
+        assert ready == 503
+        await asyncio.sleep(2.0)
+        assert http_status(f"http://127.0.0.1:{status}/ready") == 503
+    finally:
+        worker.stop()
+
+    reachable = worker_env(livekit_server, TRANSCRIBER_METRICS_PORT=str(status))
+    worker = WorkerProcess(reachable, tmp_path / "reachable.log")
+    try:
+        worker.wait_registered()
+        assert http_status(f"http://127.0.0.1:{status}/ready") == 200
+    finally:
+        worker.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 
 from livekit.agents import stt
@@ -43,14 +44,15 @@ def check_providers_installed(settings: Settings) -> None:
 
 
 def _check_local_model(model: str, language: str) -> None:
-    """A known model name is fine even if not downloaded yet (it downloads on first use);
-    a path must hold a readable model; an English-only model needs language en."""
+    """A known model name is fine even if not downloaded yet (it downloads on first use),
+    unless downloads are off (HF_HUB_OFFLINE, as in the image): then it must be cached. A
+    path must hold a readable model; an English-only model needs language en."""
     from faster_whisper.utils import available_models
     from livekit.plugins.local_whisper import ModelLoadError
     from livekit.plugins.local_whisper.backend import check_language, resolve_model
 
     try:
-        if model not in available_models():
+        if model not in available_models() or os.environ.get("HF_HUB_OFFLINE"):
             resolve_model(model)
         check_language(model, language)
     except ModelLoadError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import tempfile
 
@@ -25,6 +26,7 @@ from .room_claim import RoomClaims, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
 from .speech_gate import GateOptions
+from .status_server import StatusServer
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad
 from .track_pipeline import PipelineOptions
 
@@ -47,10 +49,11 @@ def build_server(settings: Settings) -> AgentServer:
         port=settings.http_port,
         load_threshold=settings.load_threshold,
         load_fnc=lambda server: worker_load(server, settings),
-        drain_timeout=int(settings.drain_timeout),
-        prometheus_port=settings.metrics_port or None,
+        drain_timeout=math.ceil(settings.drain_timeout),  # 0: until every room has ended
         prometheus_multiproc_dir=_metrics_dir(),
     )
+    if settings.metrics_port:
+        StatusServer(server, port=settings.metrics_port)
     claims = RoomClaims(
         identity=settings.transcriber_identity,
         livekit_url=settings.livekit_url,
