@@ -72,9 +72,9 @@ class Settings:
     """Send audio to the STT only around speech (cloud STT bills every second sent). By
     default on for cloud providers, off when local Whisper comes first: it already decodes
     only what its own VAD calls speech."""
-    gate_preroll: float = 0.5
+    gate_preroll: float = 0.35
     """Seconds of audio before detected speech that are sent with it (first syllables)."""
-    gate_hangover: float = 0.8
+    gate_hangover: float = 0.25
     """Seconds still sent after speech ends, so the STT can finish the last word."""
     stt_idle_close: float = 30.0
     """Seconds of silence after which a track's STT connection is closed (0: never)."""
@@ -147,8 +147,8 @@ class Settings:
             failover_retries=reader.count("TRANSCRIBER_FAILOVER_RETRIES", default=1, low=0),
             failover_cooldown=reader.seconds("TRANSCRIBER_FAILOVER_COOLDOWN", default=5.0),
             vad_gating=reader.flag("TRANSCRIBER_VAD_GATING", default=providers[0] != "local"),
-            gate_preroll=reader.seconds("TRANSCRIBER_GATE_PREROLL", default=0.5),
-            gate_hangover=reader.seconds("TRANSCRIBER_GATE_HANGOVER", default=0.8),
+            gate_preroll=reader.seconds("TRANSCRIBER_GATE_PREROLL", default=0.35),
+            gate_hangover=reader.seconds("TRANSCRIBER_GATE_HANGOVER", default=0.25),
             stt_idle_close=reader.seconds("TRANSCRIBER_STT_IDLE_CLOSE", default=30.0),
             text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=True),
             legacy_transcriptions=reader.flag("TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=True),

@@ -62,9 +62,9 @@ longer than silero's end-of-speech silence (0.55 s), so a burst ends the usual w
 
 @dataclass(frozen=True, kw_only=True)
 class GateOptions:
-    preroll: float = 0.5
+    preroll: float = 0.35
     """Seconds sent before the VAD's estimate of where speech began; at least 0.3."""
-    hangover: float = 0.8
+    hangover: float = 0.25
     """Seconds sent after the VAD's estimate of where speech ended, so the STT can finish."""
     idle_close: float | None = None
     """Seconds with nothing sent after which `GateIdle` says the STT connection may close;
@@ -344,11 +344,17 @@ class SpeechGate:
         """`onset` None sends all of the ring."""
         self._speaking = True
         if self._in_burst:
-            return  # speech resumed within the hangover: same burst
+            # speech resumed before the burst was flushed: same burst, and the audio held
+            # since the hangover goes out first, so the STT hears one contiguous utterance
+            self._send_ring(None)
+            return
         self._in_burst = True
         self._bursts += 1
         self._idle_reported = False
-        first = None if onset is None else onset - self._samples(self._opts.preroll)
+        self._send_ring(None if onset is None else onset - self._samples(self._opts.preroll))
+
+    def _send_ring(self, first: int | None) -> None:
+        """Sends the held frames from track sample `first` on (all of them for None)."""
         for start, frame in self._ring:
             if first is None or start + frame.samples_per_channel > first:
                 self._send(start, frame)
@@ -358,22 +364,22 @@ class SpeechGate:
     def _on_speech_end(self, speech_end: int) -> None:
         self._speaking = False
         self._hangover_end = speech_end + self._samples(self._opts.hangover)
-        if self._in_burst and self._sent_until >= self._hangover_end:
-            self._end_burst()
 
     def _start_passthrough(self) -> None:
         self._passthrough = True
         self._on_speech_start(None)
 
     def _decide(self, start: int, frame: rtc.AudioFrame) -> None:
-        if self._in_burst:
-            if self._speaking or start < self._hangover_end:
-                self._send(start, frame)
-                if not self._speaking and self._sent_until >= self._hangover_end:
-                    self._end_burst()
-                return
-            self._end_burst()
+        if self._in_burst and (self._speaking or start < self._hangover_end):
+            self._send(start, frame)
+            return
         self._hold(start, frame)
+        # The flush waits one pre-roll past the hangover: speech resuming by then continues
+        # the burst with the held audio, rather than starting a segment with too little
+        # lead-in (the audio that would have been its pre-roll was already sent).
+        end = start + frame.samples_per_channel
+        if self._in_burst and end - self._sent_until >= self._samples(self._opts.preroll):
+            self._end_burst()
 
     def _send(self, start: int, frame: rtc.AudioFrame) -> None:
         self._out.send_nowait(GateAudio(frame=frame, start=self._seconds(start)))
