@@ -7,6 +7,7 @@ new connections, or dropping a stream after some seconds of audio.
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,7 +84,7 @@ async def finals_of(stream: FailoverStream) -> list[str]:
 
 
 def failover(**outages: Outage) -> FailoverSTT:
-    return FailoverSTT({name: FlakySTT(o) for name, o in outages.items()}, FAST)
+    return FailoverSTT({name: functools.partial(FlakySTT, o) for name, o in outages.items()}, FAST)
 
 
 async def test_dropped_stream_mid_sentence_reconnects_and_loses_no_word() -> None:
@@ -164,7 +165,7 @@ async def test_all_providers_down_then_one_returns_resumes_with_buffered_audio()
 async def test_audio_older_than_the_replay_bound_is_dropped_while_all_are_down() -> None:
     only = Outage(refuse=True)
     options = FailoverOptions(retry_interval=0.01, cooldown=0.05, max_cooldown=0.1, max_replay=3)
-    stream = FailoverSTT({"only": FlakySTT(only)}, options).stream()
+    stream = FailoverSTT({"only": functools.partial(FlakySTT, only)}, options).stream()
     collected = asyncio.create_task(finals_of(stream))
     await speak(stream, ["hotel", "india"])
     await speak(stream, ["juliet", "kilo"])

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livekit import rtc
@@ -70,23 +71,29 @@ class ProviderHealth:
         self.down_until = 0.0
 
 
+ProviderFactory = Callable[[], stt.STT]
+"""Builds one provider STT. Each provider stream gets its own: Speechmatics' `finalize()`
+ends the turn of every stream of its STT, and its STT keeps every stream it made."""
+
+
 class FailoverSTT(stt.STT):
     def __init__(
         self,
-        providers: dict[str, stt.STT],
+        providers: dict[str, ProviderFactory],
         options: FailoverOptions | None = None,
     ) -> None:
         """`providers` in order of preference, by the name logs and metrics use."""
         if not providers:
             raise ValueError("at least one STT provider is needed")
+        self.factories = list(providers.values())
+        self._warm = [build() for build in self.factories]
         super().__init__(
             capabilities=stt.STTCapabilities(
                 streaming=True,
-                interim_results=any(p.capabilities.interim_results for p in providers.values()),
+                interim_results=any(p.capabilities.interim_results for p in self._warm),
                 manual_flush=True,
             )
         )
-        self.providers = list(providers.values())
         self.options = options or FailoverOptions()
         self.health = [ProviderHealth(label=name) for name in providers]
 
@@ -95,7 +102,7 @@ class FailoverSTT(stt.STT):
         return ",".join(h.label for h in self.health)
 
     def prewarm(self) -> None:
-        for provider in self.providers:
+        for provider in self._warm:
             provider.prewarm()
 
     async def _recognize_impl(self, buffer, *, language=NOT_GIVEN, conn_options=None):  # type: ignore[no-untyped-def]
@@ -111,7 +118,7 @@ class FailoverSTT(stt.STT):
         return FailoverStream(self, conn_options=conn_options, log_extra=log_extra or {})
 
     async def aclose(self) -> None:
-        for provider in self.providers:
+        for provider in self._warm:
             await provider.aclose()
 
 
@@ -138,6 +145,7 @@ class _Attempt:
     """One provider stream: where its audio started, so its times map to the track's."""
 
     index: int
+    provider: stt.STT
     stream: stt.RecognizeStream
     base: float
     opened_at: float = field(default_factory=time.monotonic)
@@ -187,7 +195,7 @@ class FailoverStream(stt.RecognizeStream):
                 if self._attempt is not None:
                     self._send(self._attempt, item)
             elif self._attempt is not None:
-                self._attempt.stream.flush()
+                _flush(self._attempt)
             else:
                 self._pending_flush = True
         self._input_done.set()
@@ -265,7 +273,7 @@ class FailoverStream(stt.RecognizeStream):
         return "failed"
 
     def _next_available(self, start: int) -> int | None:
-        for i in range(start, len(self._failover.providers)):
+        for i in range(start, len(self._failover.factories)):
             if self._failover.health[i].available():
                 return i
         return None
@@ -274,16 +282,17 @@ class FailoverStream(stt.RecognizeStream):
         conn = dataclasses.replace(
             self._conn_options, max_retry=0, timeout=self._opts.connect_timeout
         )
-        stream = self._failover.providers[index].stream(conn_options=conn)
+        provider = self._failover.factories[index]()
+        stream = provider.stream(conn_options=conn)
         base = self._buffer[0].position if self._buffer else self._position
-        attempt = _Attempt(index=index, stream=stream, base=base)
+        attempt = _Attempt(index=index, provider=provider, stream=stream, base=base)
         self._attempt = attempt
         self._switch_back = False
         for item in list(self._buffer):
             self._send(attempt, item.frame)
         if self._pending_flush:
             self._pending_flush = False
-            stream.flush()
+            _flush(attempt)
         if self._input_done.is_set():
             stream.end_input()
         return attempt
@@ -348,6 +357,15 @@ class FailoverStream(stt.RecognizeStream):
         self._state = state
         detail = f": {error}" if error else ""
         logger.log(level, "%s%s", state, detail, extra=self._log_extra)
+
+
+def _flush(attempt: _Attempt) -> None:
+    """Ends the current segment. Speechmatics' stream ignores flush() for that: its turn
+    ends on `STT.finalize()` (this stream's own STT, see ProviderFactory)."""
+    attempt.stream.flush()
+    finalize = getattr(attempt.provider, "finalize", None)
+    if callable(finalize):
+        finalize()
 
 
 _SPEECH_OPENS = (stt.SpeechEventType.START_OF_SPEECH, stt.SpeechEventType.INTERIM_TRANSCRIPT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from collections.abc import Callable
@@ -81,7 +82,9 @@ def load_vad() -> VAD:
 def build_stt(settings: Settings, *, vad: VAD) -> FailoverSTT:
     """The providers in order of preference; even a single one gets reconnects with
     replay, so a dropped connection loses no words."""
-    providers = {name: _build_one(name, settings, vad) for name in settings.stt_providers}
+    providers = {
+        name: functools.partial(_build_one, name, settings, vad) for name in settings.stt_providers
+    }
     return FailoverSTT(
         providers,
         FailoverOptions(
