@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -22,8 +23,8 @@ from .livekit_server import ROOT, LiveKitServer
 from .participants import CaptionListener, Speaker
 from .test_worker_e2e import dispatch, wait_transcriber
 
-DEEPGRAM_KEY = "dg-test-key-6f1e0c"
-SPEECHMATICS_KEY = "sm-test-key-92ab4d"
+DEEPGRAM_KEY = secrets.token_hex(20)
+SPEECHMATICS_KEY = secrets.token_hex(20)
 MAX_WER = 0.25
 """The fakes decode with tiny.en: 0.00-0.10 measured on these clips when idle."""
 FAILOVER_BOUND = 8.0
