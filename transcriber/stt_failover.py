@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livekit import rtc
+from prometheus_client import Counter
 from livekit.agents import APIConnectOptions, stt, utils
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 
@@ -148,6 +149,9 @@ class _Attempt:
     provider: stt.STT
     stream: stt.RecognizeStream
     base: float
+    usage: ProviderUsage
+    sent_metric: Counter
+    """This provider's `transcriber_stt_audio_sent_seconds_total`, looked up once."""
     opened_at: float = field(default_factory=time.monotonic)
 
 
@@ -223,9 +227,8 @@ class FailoverStream(stt.RecognizeStream):
             attempt.stream.push_frame(frame)
         except RuntimeError:
             return  # that stream is failing; its replacement replays the buffer
-        label = self._failover.health[attempt.index].label
-        self.usage[label].seconds_sent += frame.duration
-        metrics.STT_AUDIO_SENT.labels(provider=label).inc(frame.duration)
+        attempt.usage.seconds_sent += frame.duration
+        attempt.sent_metric.inc(frame.duration)
 
     async def _drive(self) -> None:
         """Runs provider streams one after another until the input ends and the last
@@ -285,7 +288,15 @@ class FailoverStream(stt.RecognizeStream):
         provider = self._failover.factories[index]()
         stream = provider.stream(conn_options=conn)
         base = self._buffer[0].position if self._buffer else self._position
-        attempt = _Attempt(index=index, provider=provider, stream=stream, base=base)
+        label = self._failover.health[index].label
+        attempt = _Attempt(
+            index=index,
+            provider=provider,
+            stream=stream,
+            base=base,
+            usage=self.usage[label],
+            sent_metric=metrics.STT_AUDIO_SENT.labels(provider=label),
+        )
         self._attempt = attempt
         self._switch_back = False
         for item in list(self._buffer):

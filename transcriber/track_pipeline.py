@@ -150,14 +150,14 @@ class TrackPipeline:
     async def _forward_audio(self) -> None:
         """Track audio into the gate (or straight to the STT) until the track ends."""
         async for event in self._audio:
-            frame = event.frame
+            frame, arrived = event.frame, time.monotonic()
             self.usage.seconds_received += frame.duration
             metrics.AUDIO_RECEIVED.inc(frame.duration)
-            self._track_clock.record(self.usage.seconds_received, time.monotonic())
             if self._gate is not None:
+                self._track_clock.record(self.usage.seconds_received, arrived)
                 self._gate.push_frame(frame)
             else:
-                self._send(frame, arrived=time.monotonic())
+                self._send(frame, arrived=arrived)
         if self._gate is not None:
             self._gate.end_input()
 
