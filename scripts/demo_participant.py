@@ -21,6 +21,8 @@ from dotenv import load_dotenv
 from livekit import api, rtc
 from livekit.agents.types import ATTRIBUTE_TRANSCRIPTION_FINAL, TOPIC_TRANSCRIPTION
 
+from transcriber.room_claim import transcriber_in_room
+
 SENTENCES = [
     "Good morning everyone, thank you for joining the meeting today.",
     "The first item on the agenda is the budget for next year.",
@@ -46,14 +48,13 @@ def token(identity: str, room: str) -> str:
     )
 
 
-async def wait_for_participant(lkapi: api.LiveKitAPI, room: str, identity: str) -> None:
+async def wait_for_transcriber(lkapi: api.LiveKitAPI, room: str, agent_name: str) -> None:
     """The transcriber joins hidden, so only the server API sees it arrive."""
     for _ in range(600):
-        listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-        if any(p.identity == identity for p in listing.participants):
+        if await transcriber_in_room(lkapi, room, agent_name):
             return
         await asyncio.sleep(0.1)
-    sys.exit(f"{identity} did not join {room} within 60 s: see the worker log")
+    sys.exit(f"the transcriber did not join {room} within 60 s: see the worker log")
 
 
 async def main(room_name: str, agent_name: str) -> None:
@@ -86,7 +87,7 @@ async def main(room_name: str, agent_name: str) -> None:
             api.CreateAgentDispatchRequest(agent_name=agent_name, room=room_name)
         )
         print(f"room {room_name}: transcriber dispatched, waiting for it to join")
-        await wait_for_participant(lkapi, room_name, f"agent-{agent_name}")
+        await wait_for_transcriber(lkapi, room_name, agent_name)
     await asyncio.sleep(2)  # its join settle time, then it subscribes
     print(f"transcriber joined, speaking {len(SENTENCES)} sentences")
 

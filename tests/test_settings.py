@@ -24,7 +24,6 @@ def test_defaults_are_local_whisper_both_outputs_and_thirty_seconds_to_leave() -
     assert settings.text_streams and settings.legacy_transcriptions
     assert settings.empty_room_timeout == 30.0
     assert settings.agent_name == "transcriber"
-    assert settings.transcriber_identity == "agent-transcriber"
 
 
 def test_secrets_stay_out_of_the_settings_repr() -> None:

@@ -1,23 +1,26 @@
-"""One transcriber per room, decided by the agent itself.
+"""One transcriber per room, decided by the agents themselves.
 
 A backend may dispatch the transcriber to a room any number of times, from anywhere.
 Three rules keep exactly one in the room and never interrupt the one already captioning:
 
-1. Every transcriber joins a room under the same identity (`agent-<agent name>`), so
-   LiveKit itself never holds two at once.
-2. A job is refused when that identity is already in the room (checked through the
-   server API at job request, and again just before joining), or when this worker is
+1. Every transcriber joins under its own identity (`agent-<job id>`) and carries the
+   attribute `transcriber.agent` = its agent name. A late join therefore never replaces
+   anyone: LiveKit would disconnect a participant whose identity is taken over, and a
+   join can take seconds (WebRTC connection retries), long after any check.
+2. A job is refused when a transcriber is already in the room (checked through the
+   server API at job request and again just before joining), or when this worker is
    running, or has just accepted, a job for the same room.
-3. Two jobs that pass those checks at the same instant on different workers both join;
-   LiveKit keeps the later one. The transcriber waits `join_settle_time` after joining
-   before it captions anything, so the one replaced in that race had not started.
-   A transcriber that has been captioning for longer than that is visible to every
-   later check and is never replaced.
+3. Jobs that pass those checks anyway all join; the one that joined first (server
+   timestamps) keeps the room and the others leave before captioning anything. Each
+   asks the server at once on joining and again `join_settle_time` later, so joins
+   that happened at the same moment are all listed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -26,17 +29,60 @@ from livekit.agents import JobRequest
 
 logger = logging.getLogger("transcriber.claim")
 
-_AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+AGENT_ATTRIBUTE = "transcriber.agent"
+"""Participant attribute naming the transcriber's agent; `kind` AGENT makes it trustworthy
+(only tokens with the agent grant can join as agents)."""
 
 
-async def transcriber_in_room(lkapi: api.LiveKitAPI, room: str, identity: str) -> bool:
+def is_transcriber(participant: api.ParticipantInfo, agent_name: str) -> bool:
+    return (
+        participant.kind == api.ParticipantInfo.Kind.AGENT
+        and participant.attributes.get(AGENT_ATTRIBUTE) == agent_name
+    )
+
+
+async def _transcribers(
+    lkapi: api.LiveKitAPI, room: str, agent_name: str
+) -> list[api.ParticipantInfo]:
+    """Through the server API: transcribers join hidden, so rooms do not show them."""
     try:
         response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
     except api.TwirpError as e:
         if e.code == api.TwirpErrorCode.NOT_FOUND:
-            return False
+            return []
         raise
-    return any(p.identity == identity and p.kind == _AGENT for p in response.participants)
+    return [p for p in response.participants if is_transcriber(p, agent_name)]
+
+
+async def transcriber_in_room(lkapi: api.LiveKitAPI, room: str, agent_name: str) -> bool:
+    return bool(await _transcribers(lkapi, room, agent_name))
+
+
+def joined_first(transcribers: list[api.ParticipantInfo], identity: str) -> bool:
+    """Whether `identity` joined before every other transcriber listed (ties: identity)."""
+    order = {p.identity: (p.joined_at_ms or p.joined_at * 1000, p.identity) for p in transcribers}
+    me = order.get(identity, (math.inf, identity))  # not listed yet: every listed one is earlier
+    return all(me <= other for other in order.values())
+
+
+async def keep_room(
+    lkapi: api.LiveKitAPI, room: rtc.Room, agent_name: str, *, settle_time: float
+) -> bool:
+    """Called right after joining: True when this transcriber is the room's one."""
+    for wait in (0.0, settle_time):
+        await asyncio.sleep(wait)
+        if room.connection_state != rtc.ConnectionState.CONN_CONNECTED:
+            return False
+        identity = room.local_participant.identity
+        try:
+            transcribers = await _transcribers(lkapi, room.name, agent_name)
+        except Exception as e:
+            # the check can fail, captioning must not: keep the room (rule 2 still holds)
+            logger.warning("could not check the room for other transcribers (%s)", e)
+            continue
+        if not joined_first(transcribers, identity):
+            return False
+    return True
 
 
 class RoomClaims:
@@ -45,14 +91,14 @@ class RoomClaims:
     def __init__(
         self,
         *,
-        identity: str,
+        agent_name: str,
         livekit_url: str,
         api_key: str,
         api_secret: str,
         running_rooms: Callable[[], set[str]],
         launch_window: float = 5.0,
     ) -> None:
-        self._identity = identity
+        self._agent_name = agent_name
         self._running_rooms = running_rooms
         self._api_args = {"url": livekit_url, "api_key": api_key, "api_secret": api_secret}
         self._launch_window = launch_window
@@ -73,10 +119,10 @@ class RoomClaims:
 
         try:
             async with api.LiveKitAPI(**self._api_args) as lkapi:
-                present = await transcriber_in_room(lkapi, room, self._identity)
+                present = await transcriber_in_room(lkapi, room, self._agent_name)
         except Exception as e:
             # LiveKit just dispatched this job, so it is reachable; a failed check must
-            # not leave a meeting without captions
+            # not leave a meeting without captions (rule 3 still holds)
             logger.warning("could not check the room for a transcriber (%s), joining", e)
             present = False
 
@@ -84,4 +130,8 @@ class RoomClaims:
             logger.info("a transcriber is already in the room, refusing", extra={"room": room})
             await request.reject()
             return
-        await request.accept(name="Transcriber", identity=self._identity)
+        await request.accept(
+            name="Transcriber",
+            identity=f"agent-{request.job.id}",
+            attributes={AGENT_ATTRIBUTE: self._agent_name},
+        )

@@ -89,8 +89,8 @@ class Settings:
     empty_room_timeout: float = 30.0
     """Seconds with no non-agent participant before the transcriber leaves."""
     join_settle_time: float = 1.0
-    """Seconds after joining before captioning starts: a concurrent job for the same room
-    that joins within this window replaces this one before it has captioned anything."""
+    """Seconds after joining before captioning starts, so transcribers that joined the same
+    room at once all see each other and the first one alone stays (`room_claim`)."""
     track_drain_timeout: float = 5.0
     """Seconds a closing track waits for its STT to deliver the last final."""
 
@@ -108,11 +108,6 @@ class Settings:
     """Prometheus /metrics port; 0 turns metrics off."""
     drain_timeout: float = 600.0
     """On SIGTERM, how long current rooms keep being captioned before the worker exits."""
-
-    @property
-    def transcriber_identity(self) -> str:
-        """The same in every room, so LiveKit itself refuses a second transcriber."""
-        return f"agent-{self.agent_name}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

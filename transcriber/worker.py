@@ -14,15 +14,13 @@ import math
 import os
 import tempfile
 
-from livekit import rtc
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, utils
 from livekit.agents.worker import WorkerPermissions, _DefaultLoadCalc
-
 from prometheus_client import CollectorRegistry, multiprocess
 
 from . import metrics
 from .captions import CaptionOutputs
-from .room_claim import RoomClaims, transcriber_in_room
+from .room_claim import RoomClaims, keep_room, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
 from .speech_gate import GateOptions
@@ -55,7 +53,7 @@ def build_server(settings: Settings) -> AgentServer:
     if settings.metrics_port:
         StatusServer(server, port=settings.metrics_port)
     claims = RoomClaims(
-        identity=settings.transcriber_identity,
+        agent_name=settings.agent_name,
         livekit_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret,
@@ -119,15 +117,20 @@ def prewarm(proc: JobProcess) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     settings: Settings = ctx.proc.userdata["settings"]
     room_name = ctx.job.room.name
-    if await transcriber_in_room(ctx.api, room_name, settings.transcriber_identity):
-        logger.info("a transcriber joined this room meanwhile, not joining", extra={"room": room_name})
+    if await transcriber_in_room(ctx.api, room_name, settings.agent_name):
+        logger.info(
+            "a transcriber joined this room meanwhile, not joining", extra={"room": room_name}
+        )
         ctx.shutdown("duplicate transcriber")
         return
 
     await ctx.connect(auto_subscribe=AutoSubscribe.SUBSCRIBE_NONE)
-    await asyncio.sleep(settings.join_settle_time)
-    if ctx.room.connection_state != rtc.ConnectionState.CONN_CONNECTED:
-        return  # replaced by a concurrent job before captioning anything
+    if not await keep_room(
+        ctx.api, ctx.room, settings.agent_name, settle_time=settings.join_settle_time
+    ):
+        logger.info("another transcriber joined first, leaving", extra={"room": room_name})
+        ctx.shutdown("duplicate transcriber")
+        return
 
     manager = RoomManager(
         ctx.room,
