@@ -44,7 +44,9 @@ class Speaker:
         return self
 
     async def publish(self, source: rtc.TrackSource.ValueType = rtc.TrackSource.SOURCE_MICROPHONE) -> str:
-        self.source = rtc.AudioSource(self.sample_rate, 1, queue_size_ms=100)
+        # half a second queued ahead: a stall of this process's event loop (a burst of API
+        # calls, a busy machine) must not leave a hole in the speech on the wire
+        self.source = rtc.AudioSource(self.sample_rate, 1, queue_size_ms=500)
         track = rtc.LocalAudioTrack.create_audio_track(f"{self.identity}-mic", self.source)
         options = rtc.TrackPublishOptions(source=source)
         self.publication = await self.room.local_participant.publish_track(track, options)
@@ -61,7 +63,7 @@ class Speaker:
         return self.publication.sid
 
     async def play(self, wav: Path) -> None:
-        """Sends the file at real-time pace (the small source queue paces the capture)."""
+        """Sends the file at real-time pace; returns once its last sample is on the wire."""
         await self.play_samples(read_wav(wav, self.sample_rate))
 
     async def play_samples(self, samples: np.ndarray) -> None:
@@ -72,6 +74,7 @@ class Speaker:
             await self.source.capture_frame(
                 rtc.AudioFrame(chunk.tobytes(), self.sample_rate, 1, per_frame)
             )
+        await self.source.wait_for_playout()
 
     async def silence(self, seconds: float) -> None:
         await self.play_samples(np.zeros(int(seconds * self.sample_rate), dtype=np.int16))

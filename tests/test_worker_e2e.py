@@ -182,8 +182,8 @@ async def test_participant_leaving_mid_sentence_still_gets_the_final(meeting: Me
     alice = await meeting.speaker("alice")
     await meeting.start_transcriber()
     await meeting.say(alice, ["mike", "november", "oscar"], pause=0.0)
-    # audio still in the sender's 100 ms queue when it leaves never reaches anyone; leave
-    # once it is on the wire, still well before the 0.4 s pause that would end the sentence
+    # leave once the last word has reached the server (say() returns when it left the
+    # sender), still well before the 0.4 s pause that would end the sentence
     await asyncio.sleep(0.15)
     await alice.leave()
     assert await meeting.wait_finals(alice, 1) == ["mike november oscar"]
