@@ -64,6 +64,12 @@ measured:
   last level held; the ramp stops at the first level that did not hold in two windows
   in a row (the machine is shared, one bad window is not a knee).
 
+Where the CPU goes: each thread of the worker tree is put in a group, `loop` (the main
+threads: the job's Python work), `sdk` (the rtc SDK's Rust runtime, which also runs the
+Python callback that hands every audio frame to the loop) and `webrtc` (audio decoding,
+driven every 10 ms by WebRTC's audio device thread, and networking); the per-track slope
+of each is in the JSON (`*_cpu_per_track`) and in a table after the main one.
+
 A contention-proof knee estimate: the event-loop thread of a job process (its Python
 work) is single-threaded, so `est_tracks_per_job_process` = 0.8 core / that thread's CPU
 per track, and `est_knee_ratio` = ours / baseline of it. CPU seconds hardly change when
@@ -483,18 +489,45 @@ class Worker:
         self._log.close()
 
 
-def tree_loop_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds of each process's main thread: the one running its event loop (the
-    job's Python work), as opposed to the SDK's native threads (decoding, networking)."""
+THREAD_GROUPS = ("loop", "sdk", "webrtc")
+
+
+def _thread_group(process: psutil.Process, thread_id: int) -> str:
+    """`loop`: a process's main thread, its event loop (the job's Python work); `sdk`: the
+    rtc SDK's Rust runtime (audio streams, resampling, and the FFI callback that hands
+    each event to Python); `webrtc`: the rest (audio decoding driven every 10 ms by the
+    audio device thread, networking)."""
+    if thread_id == process.pid:
+        return "loop"
+    try:
+        name = Path(f"/proc/{process.pid}/task/{thread_id}/comm").read_text().strip()
+    except OSError:
+        name = ""
+    return "sdk" if name.startswith("tokio-rt") else "webrtc"
+
+
+def tree_thread_cpu(pid: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """(pid, thread id) -> (group, CPU seconds so far) for every thread of the tree."""
     seconds = {}
     for p in process_tree(pid):
         try:
             for thread in p.threads():
-                if thread.id == p.pid:
-                    seconds[p.pid] = thread.user_time + thread.system_time
+                group = _thread_group(p, thread.id)
+                seconds[(p.pid, thread.id)] = (group, thread.user_time + thread.system_time)
         except psutil.NoSuchProcess:
             pass
     return seconds
+
+
+def cores_by_group(
+    before: dict[tuple[int, int], tuple[str, float]],
+    after: dict[tuple[int, int], tuple[str, float]],
+    seconds: float,
+) -> dict[str, float]:
+    cores = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for key, (group, cpu) in after.items():
+        cores[group] += cpu - before.get(key, (group, 0.0))[1]
+    return {group: round(value / seconds, 4) for group, value in cores.items()}
 
 
 def room_processes(pid: int, server: LiveKitServer) -> set[int]:
@@ -540,6 +573,10 @@ class Window:
     """CPU seconds of the worker tree per wall second."""
     loop_cores: float = 0.0
     """Of cpu_cores, the main (event-loop) threads' share."""
+    sdk_cores: float = 0.0
+    """Of cpu_cores, the rtc SDK runtime threads' share (see _thread_group)."""
+    webrtc_cores: float = 0.0
+    """Of cpu_cores, WebRTC's own threads' share (audio decoding, networking)."""
     memory_mb: float = 0.0
     """PSS of the whole worker tree."""
     memory_growth_mb: float = 0.0
@@ -906,14 +943,16 @@ class DesignRun:
         pid = self.worker.process.pid
         t0 = time.monotonic()
         cpu0, server0, loadgen0 = tree_cpu(pid), _cpu(self.server_proc), _cpu(self.loadgen)
-        loop0 = tree_loop_cpu(pid)
+        threads0 = tree_thread_cpu(pid)
         await asyncio.sleep(seconds)
         cpu1, server1, loadgen1 = tree_cpu(pid), _cpu(self.server_proc), _cpu(self.loadgen)
-        loop1 = tree_loop_cpu(pid)
+        threads1 = tree_thread_cpu(pid)
         t1 = time.monotonic()
         window.seconds = round(t1 - t0, 2)
         window.cpu_cores = round(cpu_between(cpu0, cpu1) / (t1 - t0), 4)
-        window.loop_cores = round(cpu_between(loop0, loop1) / (t1 - t0), 4)
+        groups = cores_by_group(threads0, threads1, t1 - t0)
+        window.loop_cores, window.sdk_cores = groups["loop"], groups["sdk"]
+        window.webrtc_cores = groups["webrtc"]
         window.server_cores = round((server1 - server0) / (t1 - t0), 3)
         window.loadgen_cores = round((loadgen1 - loadgen0) / (t1 - t0), 3)
         window.loadgen_lag_p95_ms = _ms(self.loop_lag.between(t0, t1), 95)
@@ -1026,11 +1065,15 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
         cpu = per_track(design, used, "cpu_cores")
         mem = per_track(design, used, "memory_growth_mb", through_idle=True)
         loop = per_track(design, used, "loop_cores")
+        sdk = per_track(design, used, "sdk_cores")
+        webrtc = per_track(design, used, "webrtc_cores")
         ref = level(design, reference)
         summary[name] = {
             "knee_tracks": design.knee,
             "cpu_per_track": None if cpu is None else round(cpu, 5),
             "loop_cpu_per_track": None if loop is None else round(loop, 5),
+            "sdk_cpu_per_track": None if sdk is None else round(sdk, 5),
+            "webrtc_cpu_per_track": None if webrtc is None else round(webrtc, 5),
             "est_tracks_per_job_process": (
                 round(LOOP_BUDGET / loop, 1) if loop is not None and loop > 0 else None
             ),
@@ -1140,14 +1183,26 @@ def table(results: dict[str, DesignResult]) -> str:
     return "\n".join(lines)
 
 
+def cpu_breakdown(summary: dict[str, object]) -> str:
+    """Where each design's CPU per track goes, by thread group (see _thread_group)."""
+    designs = summary.get("designs")
+    if not isinstance(designs, dict):
+        return ""
+    lines = [f"{'CPU per track':<14}{'total':>8}{'loop':>8}{'sdk':>8}{'webrtc':>8}"]
+    for name, d in designs.items():
+        values = [d.get(f"{k}cpu_per_track") for k in ("", "loop_", "sdk_", "webrtc_")]
+        lines.append(f"{name:<14}" + "".join(f"{_f(v, 4):>8}" for v in values))
+    return "\n".join(lines)
+
+
 def _held(w: Window) -> str:
     if w.held:
         return "yes"
     return f"no{' (machine-bound)' if w.machine_bound else ''}: {w.why_not}"
 
 
-def _f(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
+def _f(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 # ---------------------------------------------------------------------------- main
@@ -1281,6 +1336,8 @@ def main(argv: list[str]) -> int:
         summary = summarize(results, plan)
         print()
         print(table(results))
+        print()
+        print(cpu_breakdown(summary))
         print()
         print(json.dumps({k: v for k, v in summary.items() if k != "designs"}, indent=2))
         body = {

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livekit import rtc
-from prometheus_client import Counter
-from livekit.agents import APIConnectOptions, stt, utils
+from livekit.agents import APIConnectOptions, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+from prometheus_client import Counter
 
 from . import metrics
 
@@ -171,7 +171,6 @@ class FailoverStream(stt.RecognizeStream):
         self._buffer: collections.deque[_Buffered] = collections.deque()
         self._position = 0.0
         self._attempt: _Attempt | None = None
-        self._input_done = asyncio.Event()
         self._pending_flush = False
         self._switch_back = False
         self._state = ""
@@ -183,29 +182,37 @@ class FailoverStream(stt.RecognizeStream):
     def active_provider(self) -> str | None:
         return self._failover.health[self._attempt.index].label if self._attempt else None
 
-    async def _run(self) -> None:
-        reader = asyncio.create_task(self._read_input(), name="failover-input")
-        try:
-            await self._drive()
-        finally:
-            await utils.aio.cancel_and_wait(reader)
-            if self._attempt is not None:
-                await self._release(self._attempt)
+    # Input goes straight to the provider stream, without the base class's input channel:
+    # one task hop less per frame of every track.
 
-    async def _read_input(self) -> None:
-        async for item in self._input_ch:
-            if isinstance(item, rtc.AudioFrame):
-                self._buffer_frame(item)
-                if self._attempt is not None:
-                    self._send(self._attempt, item)
-            elif self._attempt is not None:
-                _flush(self._attempt)
-            else:
-                self._pending_flush = True
-        self._input_done.set()
+    def push_frame(self, frame: rtc.AudioFrame) -> None:
+        self._check_input_not_ended()
+        self._check_not_closed()
+        self._buffer_frame(frame)
+        if self._attempt is not None:
+            self._send(self._attempt, frame)
+
+    def flush(self) -> None:
+        self._check_input_not_ended()
+        self._check_not_closed()
+        if self._attempt is not None:
+            _flush(self._attempt)
+        else:
+            self._pending_flush = True
+
+    def end_input(self) -> None:
+        self.flush()
+        self._input_ch.close()
         if self._attempt is not None:
             with contextlib.suppress(RuntimeError):
                 self._attempt.stream.end_input()
+
+    async def _run(self) -> None:
+        try:
+            await self._drive()
+        finally:
+            if self._attempt is not None:
+                await self._release(self._attempt)
 
     def _buffer_frame(self, frame: rtc.AudioFrame) -> None:
         self._buffer.append(_Buffered(self._position, frame))
@@ -263,7 +270,7 @@ class FailoverStream(stt.RecognizeStream):
                     return "switch" if self._switch_back else "done"
                 self.usage[label].failures += 1
                 metrics.STT_ERRORS.labels(provider=label).inc()
-                if self._input_done.is_set() and not self._buffer:
+                if self._input_ch.closed and not self._buffer:
                     return "done"  # nothing left to recognize
                 tries = 1 if delivered else tries + 1
                 if tries > self._opts.retries_per_provider:
@@ -304,7 +311,7 @@ class FailoverStream(stt.RecognizeStream):
         if self._pending_flush:
             self._pending_flush = False
             _flush(attempt)
-        if self._input_done.is_set():
+        if self._input_ch.closed:
             stream.end_input()
         return attempt
 
@@ -329,7 +336,7 @@ class FailoverStream(stt.RecognizeStream):
                     if self._should_switch_back(attempt):
                         self._switch_back = True
                         return None, delivered
-            if not self._input_done.is_set():
+            if not self._input_ch.closed:
                 error = RuntimeError(f"{health.label} closed the stream while the track was live")
                 return error, delivered
             return None, delivered
