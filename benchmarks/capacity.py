@@ -45,10 +45,13 @@ measured:
   its job processes (the ones connected to the server) since the idle-in-rooms point; the
   table also shows the whole tree's PSS. Not PSS, nor the forkserver and idle processes:
   each new idle process forked changes how shared pages split, by more than a track costs.
-  Per-track CPU and memory are the slopes of a least-squares line through the levels both
-  designs held, up to the reference level; memory's also through idle, CPU's only if
-  there is one level (a job process starts native threads with its first track: a cost
-  paid once, not per track).
+  Per-track CPU is the worker's CPU at the reference level (below) minus idle, divided by
+  the tracks: what a track costs at that load, start-up costs shared out (the baseline
+  pays a large one with its first sessions, so a slope between levels understates it
+  badly: 0.024 against 0.045 measured over idle in one run). Per-track memory is the
+  slope of a least-squares line through idle and the levels both designs held, up to the
+  reference level. Run to run, per-track CPU varies by about 15% on this shared machine:
+  compare designs on repeated, alternated runs (README).
 - event-loop lag: fast_stt starts a probe in each job process (sleeps 50 ms, records how
   late it woke, BENCH_LAG_DIR); p95 and max over the window.
 - frames dropped: for each sentence sent in the window, the 10 ms frames of its speech
@@ -72,8 +75,8 @@ of each is in the JSON (`*_cpu_per_track`) and in a table after the main one.
 
 A contention-proof knee estimate: the event-loop thread of a job process (its Python
 work) is single-threaded, so `est_tracks_per_job_process` = 0.8 core / that thread's CPU
-per track, and `est_knee_ratio` = ours / baseline of it. CPU seconds hardly change when
-other processes crowd the machine; latency does.
+per track, and `est_knee_ratio` = ours / baseline of it. Crowding swings latency far more
+than CPU seconds.
 
 The reference level for the ratios is the highest level both designs held (else the
 first level). Ratios are ours / baseline, measured in the same run: the machine is
@@ -1021,13 +1024,18 @@ def _sentences() -> list[np.ndarray]:
 # ------------------------------------------------------------------------- summary
 
 
+def over_idle(design: DesignResult, window: Window | None, attribute: str) -> float | None:
+    """(value at `window` - value idle) / tracks."""
+    if design.idle is None or window is None or not window.tracks:
+        return None
+    return (getattr(window, attribute) - getattr(design.idle, attribute)) / window.tracks
+
+
 def per_track(
     design: DesignResult, levels: set[int], attribute: str, *, through_idle: bool = False
 ) -> float | None:
     """Slope of a least-squares line through the given levels, and through the idle point
-    if `through_idle` or if there is only one level. CPU leaves idle out: a job process
-    starts native threads (an audio device ticking every 10 ms) with its first track, a
-    cost paid once that must not pass for a per-track cost; USS growth has no such step."""
+    if `through_idle` or if there is only one level."""
     if design.idle is None:
         return None
     points = [(w.tracks, getattr(w, attribute)) for w in design.levels if w.tracks in levels]
@@ -1056,18 +1064,19 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
     used = {t for t in common if t <= reference} or {first}
 
     def level(design: DesignResult, tracks: int) -> Window | None:
-        return next((w for w in design.levels if w.tracks == tracks), None)
+        """The window measured at `tracks`: the one that held, if it was measured twice."""
+        windows = [w for w in design.levels if w.tracks == tracks]
+        return next((w for w in windows if w.held), windows[-1] if windows else None)
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 3) if a is not None and b not in (None, 0) else None
 
     for name, design in results.items():
-        cpu = per_track(design, used, "cpu_cores")
-        mem = per_track(design, used, "memory_growth_mb", through_idle=True)
-        loop = per_track(design, used, "loop_cores")
-        sdk = per_track(design, used, "sdk_cores")
-        webrtc = per_track(design, used, "webrtc_cores")
         ref = level(design, reference)
+        cpu, loop, sdk, webrtc = (
+            over_idle(design, ref, f"{part}_cores") for part in ("cpu", "loop", "sdk", "webrtc")
+        )
+        mem = per_track(design, used, "memory_growth_mb", through_idle=True)
         summary[name] = {
             "knee_tracks": design.knee,
             "cpu_per_track": None if cpu is None else round(cpu, 5),
