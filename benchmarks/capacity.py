@@ -104,7 +104,6 @@ import random
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -123,6 +122,7 @@ from livekit.agents.types import (
 
 from benchmarks import fast_stt
 from benchmarks.process_tree import cpu_between, process_tree, tree_cpu
+from tests.conftest import WorkerProcess
 from tests.livekit_server import ROOT, LiveKitServer, free_port
 from tests.speech_clips import all_clips
 
@@ -445,56 +445,10 @@ class RoomLoad:
 # ----------------------------------------------------------------------- processes
 
 
-_WORKERS: list[Worker] = []
+_WORKERS: list[WorkerProcess] = []
 _STOPPING: list[bool] = []
 """Non-empty once Ctrl-C or SIGTERM arrived (checked between levels and designs too, in
 case a library swallows the cancellation)."""
-
-
-class Worker:
-    """A worker process in its own session, so its whole tree can be signalled."""
-
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path) -> None:
-        _WORKERS.append(self)
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def wait_registered(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while "registered worker" not in self.log():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited:\n{self.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not register:\n{self.log()[-3000:]}")
-            await asyncio.sleep(0.2)
-
-    def stop(self) -> None:
-        if self._log.closed:
-            return
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                pass
-        try:  # whatever is left of the tree (job processes, forkserver)
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        if self.process.poll() is None:
-            self.process.wait()
-        self._log.close()
 
 
 THREAD_GROUPS = ("loop", "sdk", "webrtc")
@@ -826,7 +780,7 @@ class DesignRun:
         self.agent_name = f"bench-{name.replace('_', '-')}-{uuid.uuid4().hex[:6]}"
         self.result = DesignResult(name)
         self.rooms: list[RoomLoad] = []
-        self.worker: Worker | None = None
+        self.worker: WorkerProcess | None = None
         self.sentences = _sentences()
         self.loadgen = psutil.Process()
         self.server_proc = psutil.Process(server.process.pid)
@@ -865,11 +819,12 @@ class DesignRun:
 
     async def run(self) -> DesignResult:
         command, env = self._worker_command_env()
-        self.worker = Worker(command, env, self.workdir / "worker.log")
+        self.worker = WorkerProcess(env, self.workdir / "worker.log", command)
+        _WORKERS.append(self.worker)
         self.result.worker_log = str(self.worker.log_path)
         self.loop_lag = LoopLag()
         try:
-            await self.worker.wait_registered()
+            await asyncio.to_thread(self.worker.wait_registered, 90.0)
             await self._open_rooms()
             self.result.idle = await self._measure(0, self.plan.idle_window)
             print(

@@ -66,6 +66,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -105,7 +106,7 @@ DRAIN_MAX = 150.0
 """After the meeting, how long the worker may take to publish the last finals."""
 CAPTION_TRANSIT = 2.0
 """Seconds for the last published captions to reach the listener."""
-DG_KEY = "gating-benchmark-key"
+DG_KEY = secrets.token_hex(16)
 DEFAULT_SERVER_BIN = Path.home() / ".cache" / "transcriber" / "livekit-server-v1.13.5"
 
 

@@ -49,9 +49,12 @@ _TEST_SECRETS: set[str] = set()
 
 
 class WorkerProcess:
-    """`python -m transcriber start` as a real subprocess, logs kept for the test."""
+    """`python -m transcriber start` (or another agent worker `command`) as a real
+    subprocess in its own session, so its whole tree can be signalled; logs kept."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, command: list[str] | None = None
+    ) -> None:
         self.log_path = log_path
         _WORKER_LOGS.append(log_path)
         _TEST_SECRETS.update(
@@ -59,7 +62,7 @@ class WorkerProcess:
         )
         self._log = open(log_path, "wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "transcriber", "start"],
+            command or [sys.executable, "-m", "transcriber", "start"],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -96,13 +99,19 @@ class WorkerProcess:
         await asyncio.sleep(0.2)  # its audio stream opens right after the log line
 
     def stop(self) -> None:
+        if self._log.closed:
+            return
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                pass
+        try:  # whatever is left of the tree (job processes, forkserver)
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         self._log.close()
 
 

@@ -22,8 +22,8 @@ English, and ends an utterance after at least 0.5 s of silence whatever `endpoin
 
 In a test (same event loop):
 
-    async with FakeDeepgram(api_key="dg-key") as server:
-        stt = deepgram.STT(api_key="dg-key", base_url=server.url)
+    async with FakeDeepgram(api_key=key) as server:
+        stt = deepgram.STT(api_key=key, base_url=server.url)
         ...
         server.connections[0].api_key, server.connections[0].query["sample_rate"]
         server.billed_seconds
@@ -157,12 +157,9 @@ class FakeSttService:
     """
 
     route: ClassVar[str]
-    DEFAULT_KEY: ClassVar[str]
 
-    def __init__(
-        self, *, api_key: str | None = None, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        self.api_key = api_key or self.DEFAULT_KEY
+    def __init__(self, *, api_key: str, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.api_key = api_key
         self.host = host
         self.connections: list[Connection] = []
         self.refuse_connections = False
@@ -351,7 +348,7 @@ def serve_cli(service: type[FakeSttService], argv: Sequence[str] | None = None) 
     parser = argparse.ArgumentParser(description=service.__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--api-key", default=service.DEFAULT_KEY)
+    parser.add_argument("--api-key", required=True, help="the key clients must present")
     args = parser.parse_args(argv)
 
     async def main() -> None:
@@ -479,12 +476,11 @@ class FakeDeepgram(FakeSttService):
     """A local Deepgram streaming endpoint: `base_url=server.url`."""
 
     route = "/v1/listen"
-    DEFAULT_KEY = "fake-deepgram-key"
 
     def __init__(
         self,
         *,
-        api_key: str | None = None,
+        api_key: str,
         host: str = "127.0.0.1",
         port: int = 0,
         idle_timeout: float = 10.0,

@@ -69,7 +69,6 @@ class FakeSpeechmatics(FakeSttService):
     """A local Speechmatics Agent STT endpoint: `base_url=server.url`."""
 
     route = "/v2/agent"
-    DEFAULT_KEY = "fake-speechmatics-key"
 
     @property
     def url(self) -> str:

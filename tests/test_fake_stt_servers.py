@@ -7,6 +7,7 @@ real services refuse, or tests built on them prove nothing.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import subprocess
 import sys
 import time
@@ -41,8 +42,8 @@ QUICK_RETRIES = APIConnectOptions(max_retry=2, retry_interval=0.05, timeout=5.0)
 
 ROOT = Path(__file__).resolve().parent.parent
 
-DG_KEY = "dg-test-key"
-SM_KEY = "sm-test-key"
+DG_KEY = secrets.token_hex(16)
+SM_KEY = secrets.token_hex(16)
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -244,7 +245,7 @@ def make_plugin(
 async def test_a_refused_service_makes_the_plugin_retry_then_fail(
     service: type[FakeSttService],
 ) -> None:
-    async with service() as server, aiohttp.ClientSession() as http:
+    async with service(api_key=secrets.token_hex(16)) as server, aiohttp.ClientSession() as http:
         server.set_available(False)
         stream = make_plugin(server, http).stream(conn_options=QUICK_RETRIES)
         stream.push_frame(next(silence(1).frames()))
@@ -258,7 +259,7 @@ async def test_a_refused_service_makes_the_plugin_retry_then_fail(
 async def test_a_dropped_connection_makes_the_plugin_reconnect(
     service: type[FakeSttService],
 ) -> None:
-    async with service() as server, aiohttp.ClientSession() as http:
+    async with service(api_key=secrets.token_hex(16)) as server, aiohttp.ClientSession() as http:
         server.drop_after_seconds = 1.0
         stream = make_plugin(server, http).stream(conn_options=QUICK_RETRIES)
         for frame in silence(3).frames():
