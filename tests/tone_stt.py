@@ -6,7 +6,8 @@ exactly, whatever the codec does to the waveform, so a test can check that every
 a participant said arrives once, in order, under the right speaker and track.
 
 It is a real `stt.STT`: one interim per recognized word, a final per utterance (on a
-pause, on `flush()`, or when the input ends).
+pause, on `flush()`, or when the input ends), and, like a streaming STT that knows which
+words will not change, a preflight transcript of the words before the last one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from livekit import rtc
 from livekit.agents import APIConnectOptions, stt, utils
-from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
+from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr, TimedString
 
 VOCABULARY = (
     "alpha bravo charlie delta echo foxtrot golf hotel "
@@ -158,6 +159,8 @@ class ToneStream(stt.RecognizeStream):
             self._words.append(_Word(self._run_word, start, start + self._run_len * 0.02))
             if len(self._words) == 1:
                 self._event_ch.send_nowait(stt.SpeechEvent(type=stt.SpeechEventType.START_OF_SPEECH))
+            if len(self._words) > 1:
+                self._emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, self._words[:-1])
             self._emit(stt.SpeechEventType.INTERIM_TRANSCRIPT)
         self._run_word, self._run_len = None, 0
 
@@ -168,13 +171,19 @@ class ToneStream(stt.RecognizeStream):
         self._event_ch.send_nowait(stt.SpeechEvent(type=stt.SpeechEventType.END_OF_SPEECH))
         self._words = []
 
-    def _emit(self, kind: stt.SpeechEventType) -> None:
+    def _emit(self, kind: stt.SpeechEventType, words: list[_Word] | None = None) -> None:
+        words = self._words if words is None else words
+        offset = self.start_time_offset
         data = stt.SpeechData(
             language="en",
-            text=" ".join(w.text for w in self._words),
-            start_time=self._words[0].start + self.start_time_offset,
-            end_time=self._words[-1].end + self.start_time_offset,
+            text=" ".join(w.text for w in words),
+            start_time=words[0].start + offset,
+            end_time=words[-1].end + offset,
             confidence=1.0,
+            words=[
+                TimedString(w.text, start_time=w.start + offset, end_time=w.end + offset)
+                for w in words
+            ],
         )
         self._event_ch.send_nowait(stt.SpeechEvent(type=kind, alternatives=[data]))
 

@@ -405,8 +405,12 @@ class SpeechStream(stt.RecognizeStream):
                 # the segment ended, ran too long or paused meanwhile: a newer decode follows
                 continue
             before = utterance.policy.text
+            confirmed_before = len(utterance.policy.confirmed)
             utterance.policy.update(request.result(), window_start=window_start)
             decoded_until = until
+            if len(utterance.policy.confirmed) > confirmed_before:
+                # the words two decodes agreed on: readers that cannot take back text show them
+                emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, list(utterance.policy.confirmed))
             if utterance.policy.text and utterance.policy.text != before:
                 words = list(utterance.policy.confirmed + utterance.policy.tentative)
                 emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, words)
