@@ -99,6 +99,11 @@ class Caption:
     text: str
     final: bool
     received_at: float
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def history(self) -> bool:
+        return self.attributes.get("transcriber.history") == "true"
 
 
 @dataclass
@@ -139,6 +144,7 @@ class CaptionListener:
                 text=text,
                 final=attributes.get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true",
                 received_at=time.monotonic(),
+                attributes=dict(attributes),
             )
         )
 
