@@ -134,3 +134,14 @@ def test_worker_exits_with_one_line_for_an_unusable_whisper_model(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
+
+
+def test_an_unset_variable_means_the_fields_own_default() -> None:
+    """`from_env` and the dataclass agree: every default is written once, on the field."""
+    direct = Settings(
+        livekit_url=BASE["LIVEKIT_URL"],
+        livekit_api_key=BASE["LIVEKIT_API_KEY"],
+        livekit_api_secret=BASE["LIVEKIT_API_SECRET"],
+    )
+    assert Settings.from_env(BASE) == direct
+    assert direct.vad_gating is False  # resolved from the providers, never left None

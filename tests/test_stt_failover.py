@@ -164,7 +164,9 @@ async def test_all_providers_down_then_one_returns_resumes_with_buffered_audio()
 
 async def test_audio_older_than_the_replay_bound_is_dropped_while_all_are_down() -> None:
     only = Outage(refuse=True)
-    options = FailoverOptions(retry_interval=0.01, cooldown=0.05, max_cooldown=0.1, max_replay=3)
+    options = FailoverOptions(
+        retries_per_provider=1, retry_interval=0.01, cooldown=0.05, max_cooldown=0.1, max_replay=3
+    )
     stream = FailoverSTT({"only": functools.partial(FlakySTT, only)}, options).stream()
     collected = asyncio.create_task(finals_of(stream))
     await speak(stream, ["hotel", "india"])
@@ -180,6 +182,6 @@ async def test_audio_older_than_the_replay_bound_is_dropped_while_all_are_down()
 
 def test_options_reject_nonsense() -> None:
     with pytest.raises(ValueError):
-        FailoverOptions(cooldown=0)
+        FailoverOptions(retries_per_provider=1, cooldown=0)
     with pytest.raises(ValueError):
-        FailoverOptions(max_replay=0)
+        FailoverOptions(retries_per_provider=1, cooldown=1, max_replay=0)

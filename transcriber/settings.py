@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import overload
 
 BUILTIN_PROVIDERS = ("local", "deepgram", "speechmatics")
 _PROVIDER_KEYS = {"deepgram": "DEEPGRAM_API_KEY", "speechmatics": "SPEECHMATICS_API_KEY"}
@@ -68,10 +69,10 @@ class Settings:
     failover_cooldown: float = 5.0
     """Seconds a failed provider is skipped before the transcriber tries it again."""
 
-    vad_gating: bool = True
-    """Send audio to the STT only around speech (cloud STT bills every second sent). By
-    default on for cloud providers, off when local Whisper comes first: it already decodes
-    only what its own VAD calls speech."""
+    vad_gating: bool | None = None
+    """Send audio to the STT only around speech (cloud STT bills every second sent). None
+    (unset) means on when a cloud provider comes first, off when local Whisper does: it
+    already decodes only what its own VAD calls speech. Always a bool once constructed."""
     gate_preroll: float = 0.35
     """Seconds of audio before detected speech that are sent with it (first syllables)."""
     gate_hangover: float = 0.25
@@ -109,66 +110,90 @@ class Settings:
     drain_timeout: float = 600.0
     """On SIGTERM, how long current rooms keep being captioned before the worker exits."""
 
+    def __post_init__(self) -> None:
+        if self.vad_gating is None:
+            object.__setattr__(self, "vad_gating", self.stt_providers[0] != "local")
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Every default is the field's own (`cls.<field>`), written once above."""
         reader = _EnvReader(os.environ if env is None else env)
-        providers = reader.providers("TRANSCRIBER_STT_PROVIDER", default="local")
-        language = reader.language("TRANSCRIBER_LANGUAGE", default="en")
+        dg, sm = DeepgramSettings, SpeechmaticsSettings
+        providers = reader.providers("TRANSCRIBER_STT_PROVIDER", default=cls.stt_providers)
+        language = reader.language("TRANSCRIBER_LANGUAGE", default=cls.language)
         settings = cls(
             livekit_url=reader.required("LIVEKIT_URL", hint="e.g. ws://127.0.0.1:7880"),
             livekit_api_key=reader.required("LIVEKIT_API_KEY", hint="your LiveKit API key"),
             livekit_api_secret=reader.required(
                 "LIVEKIT_API_SECRET", hint="your LiveKit API secret"
             ),
-            agent_name=reader.agent_name("TRANSCRIBER_AGENT_NAME", default="transcriber"),
+            agent_name=reader.agent_name("TRANSCRIBER_AGENT_NAME", default=cls.agent_name),
             stt_providers=providers,
             language=language,
             deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
-            local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", "tiny.en"),
+            local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", cls.local_whisper_model),
             deepgram=DeepgramSettings(
-                model=reader.text("DEEPGRAM_MODEL", "nova-3"),
-                url=reader.url("DEEPGRAM_URL", default=DeepgramSettings.url),
-                endpointing_ms=reader.count("DEEPGRAM_ENDPOINTING_MS", default=25, low=0),
-                smart_format=reader.flag("DEEPGRAM_SMART_FORMAT", default=False),
+                model=reader.text("DEEPGRAM_MODEL", dg.model),
+                url=reader.url("DEEPGRAM_URL", default=dg.url),
+                endpointing_ms=reader.count(
+                    "DEEPGRAM_ENDPOINTING_MS", default=dg.endpointing_ms, low=0
+                ),
+                smart_format=reader.flag("DEEPGRAM_SMART_FORMAT", default=dg.smart_format),
                 keyterms=reader.words("DEEPGRAM_KEYTERMS"),
             ),
             speechmatics=SpeechmaticsSettings(
-                model=reader.text("SPEECHMATICS_MODEL"),
-                url=reader.url("SPEECHMATICS_URL", default=SpeechmaticsSettings.url),
-                partials=reader.flag("SPEECHMATICS_PARTIALS", default=True),
+                model=reader.text("SPEECHMATICS_MODEL", sm.model),
+                url=reader.url("SPEECHMATICS_URL", default=sm.url),
+                partials=reader.flag("SPEECHMATICS_PARTIALS", default=sm.partials),
                 vocabulary=reader.words("SPEECHMATICS_VOCABULARY"),
             ),
-            failover_retries=reader.count("TRANSCRIBER_FAILOVER_RETRIES", default=1, low=0),
-            failover_cooldown=reader.seconds("TRANSCRIBER_FAILOVER_COOLDOWN", default=5.0),
-            vad_gating=reader.flag("TRANSCRIBER_VAD_GATING", default=providers[0] != "local"),
-            gate_preroll=reader.seconds("TRANSCRIBER_GATE_PREROLL", default=0.35),
-            gate_hangover=reader.seconds("TRANSCRIBER_GATE_HANGOVER", default=0.25),
-            stt_idle_close=reader.seconds("TRANSCRIBER_STT_IDLE_CLOSE", default=30.0),
-            text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=True),
-            legacy_transcriptions=reader.flag("TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=True),
-            transcribe_agents=reader.flag("TRANSCRIBER_TRANSCRIBE_AGENTS", default=False),
-            empty_room_timeout=reader.seconds("TRANSCRIBER_EMPTY_ROOM_TIMEOUT", default=30.0),
-            join_settle_time=reader.seconds("TRANSCRIBER_JOIN_SETTLE_TIME", default=1.0),
-            track_drain_timeout=reader.seconds("TRANSCRIBER_TRACK_DRAIN_TIMEOUT", default=5.0),
-            http_port=reader.port("TRANSCRIBER_HTTP_PORT", default=8081),
-            load_threshold=reader.fraction("TRANSCRIBER_LOAD_THRESHOLD", default=0.7),
-            max_rooms=reader.count("TRANSCRIBER_MAX_ROOMS", default=20),
-            max_tracks=reader.count("TRANSCRIBER_MAX_TRACKS", default=100),
-            max_tracks_per_room=reader.count("TRANSCRIBER_MAX_TRACKS_PER_ROOM", default=50),
-            metrics_port=reader.port("TRANSCRIBER_METRICS_PORT", default=9100),
-            drain_timeout=reader.seconds("TRANSCRIBER_DRAIN_TIMEOUT", default=600.0),
+            failover_retries=reader.count(
+                "TRANSCRIBER_FAILOVER_RETRIES", default=cls.failover_retries, low=0
+            ),
+            failover_cooldown=reader.seconds(
+                "TRANSCRIBER_FAILOVER_COOLDOWN", default=cls.failover_cooldown
+            ),
+            vad_gating=reader.flag("TRANSCRIBER_VAD_GATING", default=cls.vad_gating),
+            gate_preroll=reader.seconds("TRANSCRIBER_GATE_PREROLL", default=cls.gate_preroll),
+            gate_hangover=reader.seconds("TRANSCRIBER_GATE_HANGOVER", default=cls.gate_hangover),
+            stt_idle_close=reader.seconds(
+                "TRANSCRIBER_STT_IDLE_CLOSE", default=cls.stt_idle_close
+            ),
+            text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=cls.text_streams),
+            legacy_transcriptions=reader.flag(
+                "TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=cls.legacy_transcriptions
+            ),
+            transcribe_agents=reader.flag(
+                "TRANSCRIBER_TRANSCRIBE_AGENTS", default=cls.transcribe_agents
+            ),
+            empty_room_timeout=reader.seconds(
+                "TRANSCRIBER_EMPTY_ROOM_TIMEOUT", default=cls.empty_room_timeout
+            ),
+            join_settle_time=reader.seconds(
+                "TRANSCRIBER_JOIN_SETTLE_TIME", default=cls.join_settle_time
+            ),
+            track_drain_timeout=reader.seconds(
+                "TRANSCRIBER_TRACK_DRAIN_TIMEOUT", default=cls.track_drain_timeout
+            ),
+            http_port=reader.port("TRANSCRIBER_HTTP_PORT", default=cls.http_port),
+            load_threshold=reader.fraction(
+                "TRANSCRIBER_LOAD_THRESHOLD", default=cls.load_threshold
+            ),
+            max_rooms=reader.count("TRANSCRIBER_MAX_ROOMS", default=cls.max_rooms),
+            max_tracks=reader.count("TRANSCRIBER_MAX_TRACKS", default=cls.max_tracks),
+            max_tracks_per_room=reader.count(
+                "TRANSCRIBER_MAX_TRACKS_PER_ROOM", default=cls.max_tracks_per_room
+            ),
+            metrics_port=reader.port("TRANSCRIBER_METRICS_PORT", default=cls.metrics_port),
+            drain_timeout=reader.seconds("TRANSCRIBER_DRAIN_TIMEOUT", default=cls.drain_timeout),
         )
         if language == "multi" and set(providers) & {"local", "speechmatics"}:
             raise SettingsError(
                 "TRANSCRIBER_LANGUAGE=multi is only understood by deepgram: "
                 "use a language code such as en, or TRANSCRIBER_STT_PROVIDER=deepgram"
             )
-        if settings.gate_preroll < 0.3:
-            raise SettingsError(
-                f"TRANSCRIBER_GATE_PREROLL={settings.gate_preroll:g} would cut first syllables: "
-                "use at least 0.3 seconds"
-            )
+        _check_gate(settings)
         for provider in providers:
             key_var = _PROVIDER_KEYS.get(provider)
             if key_var and not getattr(settings, key_var.lower()):
@@ -184,6 +209,16 @@ class Settings:
         return settings
 
 
+def _check_gate(settings: Settings) -> None:
+    """The gate owns its limits (the pre-roll minimum): ask it, name the variable."""
+    from .speech_gate import GateOptions
+
+    try:
+        GateOptions(preroll=settings.gate_preroll, hangover=settings.gate_hangover)
+    except ValueError as e:
+        raise SettingsError(f"TRANSCRIBER_GATE_PREROLL: {e}") from None
+
+
 class _EnvReader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
@@ -197,7 +232,11 @@ class _EnvReader:
             raise SettingsError(f"{name} is not set: set it in the environment or .env ({hint})")
         return value
 
-    def flag(self, name: str, *, default: bool) -> bool:
+    @overload
+    def flag(self, name: str, *, default: bool) -> bool: ...
+    @overload
+    def flag(self, name: str, *, default: None) -> bool | None: ...
+    def flag(self, name: str, *, default: bool | None) -> bool | None:
         value = self.text(name).lower()
         if not value:
             return default
@@ -281,8 +320,8 @@ class _EnvReader:
             )
         return value
 
-    def providers(self, name: str, *, default: str) -> tuple[str, ...]:
-        value = self.text(name, default)
+    def providers(self, name: str, *, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.text(name, ",".join(default))
         providers = tuple(p.strip() for p in value.split(",") if p.strip())
         for provider in providers:
             if provider not in BUILTIN_PROVIDERS and not _IMPORT_PATH.match(provider):

@@ -31,12 +31,14 @@ logger = logging.getLogger("transcriber.stt")
 
 @dataclass(frozen=True, kw_only=True)
 class FailoverOptions:
-    retries_per_provider: int = 1
-    """Reconnects to the same provider (replaying the buffer) before moving to the next."""
+    retries_per_provider: int
+    """Reconnects to the same provider (replaying the buffer) before moving to the next;
+    from `Settings.failover_retries`."""
+    cooldown: float
+    """How long a provider that failed past its retries is skipped; doubles per failure.
+    From `Settings.failover_cooldown`."""
     retry_interval: float = 0.5
     connect_timeout: float = 5.0
-    cooldown: float = 5.0
-    """How long a provider that failed past its retries is skipped; doubles per failure."""
     max_cooldown: float = 60.0
     max_replay: float = 30.0
     """Seconds of audio not yet covered by a final kept for replay; older audio is dropped."""
@@ -81,7 +83,7 @@ class FailoverSTT(stt.STT):
     def __init__(
         self,
         providers: dict[str, ProviderFactory],
-        options: FailoverOptions | None = None,
+        options: FailoverOptions,
     ) -> None:
         """`providers` in order of preference, by the name logs and metrics use."""
         if not providers:
@@ -95,7 +97,7 @@ class FailoverSTT(stt.STT):
                 manual_flush=True,
             )
         )
-        self.options = options or FailoverOptions()
+        self.options = options
         self.health = [ProviderHealth(label=name) for name in providers]
 
     @property

@@ -90,7 +90,7 @@ def build_stt(settings: Settings, *, vad: VAD) -> FailoverSTT:
         FailoverOptions(
             retries_per_provider=settings.failover_retries,
             cooldown=max(settings.failover_cooldown, 0.1),
-            max_cooldown=max(60.0, settings.failover_cooldown),
+            max_cooldown=max(FailoverOptions.max_cooldown, settings.failover_cooldown),
         ),
     )
 

@@ -29,16 +29,18 @@ logger = logging.getLogger("transcriber.track")
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineOptions:
-    sample_rate: int = 16000
+    """Values come from `Settings` (see `worker.room_options`); only the frame size is ours."""
+
+    sample_rate: int
+    outputs: CaptionOutputs
+    drain_timeout: float
+    """How long closing waits for the STT to deliver the last final."""
+    gate: GateOptions | None
+    """None streams every frame to the STT (no VAD gating)."""
     frame_size_ms: int = 50
     """Audio per frame from the track: every frame costs Python work on the event loop, and
     50 ms frames cost a quarter of the SDK's default 10 ms (capacity benchmark) for at most
     50 ms of added latency."""
-    outputs: CaptionOutputs = CaptionOutputs()
-    drain_timeout: float = 5.0
-    """How long closing waits for the STT to deliver the last final."""
-    gate: GateOptions | None = None
-    """None streams every frame to the STT (no VAD gating)."""
 
 
 @dataclass
