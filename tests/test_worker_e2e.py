@@ -214,6 +214,31 @@ async def test_participants_leaving_while_their_pipeline_starts_leave_nothing_be
     assert "Traceback" not in log and "Task was destroyed" not in log
 
 
+async def test_a_bug_on_one_track_stops_that_tracks_captions_and_no_other(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
+) -> None:
+    # were the bug taken for an outage, alice's track would fail over to the second provider
+    worker = start_worker(
+        TRANSCRIBER_AGENT_NAME=agent_name,
+        TRANSCRIBER_STT_PROVIDER="tests.tone_stt:build_buggy,tests.tone_stt:build",
+    )
+    async with Meeting(livekit_server, room_name, agent_name, tmp_path) as meeting:
+        meeting.worker = worker
+        alice, bob = await meeting.speaker("alice"), await meeting.speaker("bob")
+        await meeting.start_transcriber()
+        await meeting.say(alice, ["alpha", "bravo"])
+        assert await meeting.wait_finals(alice, 1) == ["alpha bravo"]
+        await meeting.say(alice, ["papa", "charlie"])  # the recognizer's bug
+        await meeting.say(bob, ["delta", "echo"])
+        await meeting.say(alice, ["foxtrot", "golf"])
+        await meeting.say(bob, ["hotel", "india"])
+        assert await meeting.wait_finals(bob, 2) == ["delta echo", "hotel india"]
+        await asyncio.sleep(1.0)
+        assert meeting.listener.finals("alice") == ["alpha bravo"]
+        assert worker.process.poll() is None
+    assert "TypeError: a bug in the recognizer" in worker.log()  # with its traceback
+
+
 async def test_the_transcriber_leaves_a_room_that_stays_empty(
     livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
 ) -> None:

@@ -19,14 +19,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from livekit import rtc
-from livekit.agents import APIConnectOptions, stt
+from livekit.agents import APIConnectionError, APIConnectOptions, APIError, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from prometheus_client import Counter
 
 from . import metrics
 
-logger = logging.getLogger("transcriber.stt")
+logger = logging.getLogger("transcriber.stt_failover")
+
+OUTAGES = (APIError, OSError, TimeoutError, aiohttp.ClientError)
+"""What a provider failing looks like (as `RecognizeStream._main_task` decides): the
+APIError family, connection errors (OSError covers sockets, DNS, TLS) and timeouts.
+Anything else is a bug: it ends the track's stream and marks no provider down."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,7 +281,7 @@ class FailoverStream(stt.RecognizeStream):
                 if self._input_ch.closed and not self._buffer:
                     return "done"  # nothing left to recognize
                 tries = 1 if delivered else tries + 1
-                if tries > self._opts.retries_per_provider:
+                if tries > self._opts.retries_per_provider or not _retryable(error):
                     break
                 self._set_state(f"reconnecting to {label}", logging.WARNING, error)
                 metrics.STT_RECONNECTS.labels(provider=label).inc()
@@ -284,11 +290,8 @@ class FailoverStream(stt.RecognizeStream):
             self._set_state(f"{label} failed past its retries", logging.WARNING, error)
         return "failed"
 
-    def _next_available(self, start: int) -> int | None:
-        for i in range(start, len(self._failover.factories)):
-            if self._failover.health[i].available():
-                return i
-        return None
+    def _first_available(self) -> int | None:
+        return next((i for i, h in enumerate(self._failover.health) if h.available()), None)
 
     def _open(self, index: int) -> _Attempt:
         conn = dataclasses.replace(
@@ -318,8 +321,9 @@ class FailoverStream(stt.RecognizeStream):
         return attempt
 
     async def _consume(self, attempt: _Attempt) -> tuple[Exception | None, bool]:
-        """Forwards the stream's events. Returns the error that ended it, if any, and
-        whether it delivered anything (a provider that worked a while earns new retries)."""
+        """Forwards the stream's events. Returns the provider failure that ended it, if
+        any, and whether it delivered anything (a provider that worked a while earns new
+        retries). Any other exception is a bug and propagates: it ends this stream only."""
         health = self._failover.health[attempt.index]
         delivered = False
         try:
@@ -339,10 +343,12 @@ class FailoverStream(stt.RecognizeStream):
                         self._switch_back = True
                         return None, delivered
             if not self._input_ch.closed:
-                error = RuntimeError(f"{health.label} closed the stream while the track was live")
+                error = APIConnectionError(
+                    f"{health.label} closed the stream while the track was live"
+                )
                 return error, delivered
             return None, delivered
-        except Exception as e:  # any provider error: retry, fail over, never crash the track
+        except OUTAGES as e:
             return e, delivered
 
     def _forget_until(self, attempt: _Attempt, event: stt.SpeechEvent) -> None:
@@ -354,7 +360,7 @@ class FailoverStream(stt.RecognizeStream):
         self._dropped_warned = False
 
     def _should_switch_back(self, attempt: _Attempt) -> bool:
-        preferred = self._next_available(0)
+        preferred = self._first_available()
         return preferred is not None and preferred < attempt.index
 
     async def _release(self, attempt: _Attempt) -> None:
@@ -368,7 +374,7 @@ class FailoverStream(stt.RecognizeStream):
             attempt.stream.end_input()
         try:
             await attempt.stream.aclose()
-        except Exception:
+        except OUTAGES:
             pass  # already failed; its error was handled
 
     def _set_state(self, state: str, level: int, error: Exception | None = None) -> None:
@@ -377,6 +383,11 @@ class FailoverStream(stt.RecognizeStream):
         self._state = state
         detail = f": {error}" if error else ""
         logger.log(level, "%s%s", state, detail, extra=self._log_extra)
+
+
+def _retryable(error: Exception) -> bool:
+    """A non-retryable APIError (a refused key, say) moves on to the next provider at once."""
+    return not isinstance(error, APIError) or error.retryable
 
 
 def _flush(attempt: _Attempt) -> None:

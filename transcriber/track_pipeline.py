@@ -109,6 +109,7 @@ class TrackPipeline:
         self._stream: FailoverStream | None = None
         self._stream_clock = _ArrivalClock()
         self._consumers: set[asyncio.Task[None]] = set()
+        self._failed = False
         self._closing: asyncio.Task[None] | None = None
         self._forward = asyncio.create_task(self._forward_audio(), name="track-audio")
         self._task = asyncio.create_task(self._run(), name=f"track-pipeline-{track.sid}")
@@ -174,10 +175,15 @@ class TrackPipeline:
                 self._end_stream()
 
     def _send(self, frame: rtc.AudioFrame, *, arrived: float | None) -> None:
+        if self._failed:
+            return
         if self._stream is None:
             self._open_stream()
         assert self._stream is not None
-        self._stream.push_frame(frame)
+        try:
+            self._stream.push_frame(frame)
+        except RuntimeError:
+            return  # the stream ended with an error; its consumer reports it
         self._stream_clock.record(self._stream_clock.end + frame.duration, arrived)
 
     def _open_stream(self) -> None:
@@ -206,7 +212,13 @@ class TrackPipeline:
                             time.monotonic() - arrived
                         )
         except Exception:
-            logger.exception("STT stream failed", extra=self._log_extra)
+            # provider failures are handled below (retries, failover); this is a bug: this
+            # track stops being captioned, every other track goes on
+            logger.exception("captioning this track failed, stopping it", extra=self._log_extra)
+            self._failed = True
+            self._forward.cancel()
+            if self._gate is not None:
+                self._gate.end_input()
         finally:
             if self._stream is stream:
                 self._stream = None
