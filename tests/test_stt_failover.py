@@ -224,6 +224,29 @@ async def test_a_refused_key_fails_over_at_once_without_retrying() -> None:
     await stream.aclose()
 
 
+class FinalizingSTT(FlakySTT):
+    """Like Speechmatics: `STT.finalize()` ends the turn."""
+
+    def finalize(self) -> None:
+        self.outage.finals.append("<finalize>")
+
+
+@pytest.mark.parametrize("finalizing", [["first"], []])
+async def test_flush_calls_finalize_only_on_providers_whose_turns_end_there(
+    finalizing: list[str],
+) -> None:
+    outage = Outage()
+    shared = FailoverSTT({"first": functools.partial(FinalizingSTT, outage)}, FAST, finalizing=finalizing)
+    stream = shared.stream()
+    collected = asyncio.create_task(finals_of(stream))
+    await speak(stream, ["hotel", "india"])
+    stream.flush()
+    stream.end_input()
+    assert await asyncio.wait_for(collected, 5) == ["hotel india"]
+    assert ("<finalize>" in outage.finals) == bool(finalizing)
+    await stream.aclose()
+
+
 def test_options_reject_nonsense() -> None:
     with pytest.raises(ValueError):
         FailoverOptions(retries_per_provider=1, cooldown=0)

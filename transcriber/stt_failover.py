@@ -16,7 +16,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -90,8 +90,11 @@ class FailoverSTT(stt.STT):
         self,
         providers: dict[str, ProviderFactory],
         options: FailoverOptions,
+        *,
+        finalizing: Collection[str] = (),
     ) -> None:
-        """`providers` in order of preference, by the name logs and metrics use."""
+        """`providers` in order of preference, by the name logs and metrics use;
+        `finalizing` names those that end a turn on `STT.finalize()` (see `_flush`)."""
         if not providers:
             raise ValueError("at least one STT provider is needed")
         self.factories = list(providers.values())
@@ -105,6 +108,7 @@ class FailoverSTT(stt.STT):
         )
         self.options = options
         self.health = [ProviderHealth(label=name) for name in providers]
+        self.finalizing = [name in finalizing for name in providers]
 
     @property
     def provider(self) -> str:
@@ -160,6 +164,8 @@ class _Attempt:
     usage: ProviderUsage
     sent_metric: Counter
     """This provider's `transcriber_stt_audio_sent_seconds_total`, looked up once."""
+    finalize: bool
+    """Its turns end on `STT.finalize()`."""
     opened_at: float = field(default_factory=time.monotonic)
 
 
@@ -308,6 +314,7 @@ class FailoverStream(stt.RecognizeStream):
             base=base,
             usage=self.usage[label],
             sent_metric=metrics.STT_AUDIO_SENT.labels(provider=label),
+            finalize=self._failover.finalizing[index],
         )
         self._attempt = attempt
         self._switch_back = False
@@ -394,9 +401,8 @@ def _flush(attempt: _Attempt) -> None:
     """Ends the current segment. Speechmatics' stream ignores flush() for that: its turn
     ends on `STT.finalize()` (this stream's own STT, see ProviderFactory)."""
     attempt.stream.flush()
-    finalize = getattr(attempt.provider, "finalize", None)
-    if callable(finalize):
-        finalize()
+    if attempt.finalize:
+        attempt.provider.finalize()  # type: ignore[attr-defined]
 
 
 _SPEECH_OPENS = (stt.SpeechEventType.START_OF_SPEECH, stt.SpeechEventType.INTERIM_TRANSCRIPT)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 
 from livekit.agents import stt
 from livekit.agents.types import NOT_GIVEN
@@ -16,6 +17,40 @@ from .stt_failover import FailoverOptions, FailoverSTT
 
 SAMPLE_RATE = 16000
 """Every provider is fed 16 kHz mono: what Whisper, Deepgram and Speechmatics expect."""
+
+
+def _whisper_languages() -> tuple[str, ...]:
+    """Whisper's language codes, as faster-whisper checks them (it has no public list)."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+    except ImportError:  # local Whisper not installed: it cannot be chosen either
+        return ()
+    return tuple(_LANGUAGE_CODES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderTraits:
+    """What a provider can do, where the transcriber must treat providers differently."""
+
+    finalize: bool = False
+    """Ends a turn on `STT.finalize()` (Speechmatics ignores `stream.flush()` for that)."""
+    keep_alive: bool = False
+    """Keeps an idle stream open for free (Deepgram's KeepAlive): never closed when idle."""
+    languages: Callable[[], Collection[str]] | None = None
+    """Lists the `TRANSCRIBER_LANGUAGE` values it understands (called once, at start);
+    None: the service decides."""
+
+
+PROVIDER_TRAITS = {
+    "local": ProviderTraits(languages=_whisper_languages),
+    "deepgram": ProviderTraits(keep_alive=True),
+    "speechmatics": ProviderTraits(finalize=True),
+}
+"""Custom `module:factory` providers get the defaults: no finalize, no keep-alive."""
+
+
+def traits(provider: str) -> ProviderTraits:
+    return PROVIDER_TRAITS.get(provider, ProviderTraits())
 
 
 _PLUGIN_MODULES = {
@@ -39,6 +74,12 @@ def check_providers_installed(settings: Settings) -> None:
                 ) from None
         else:
             _load_factory(name)
+        languages = traits(name).languages
+        if languages is not None and settings.language not in languages():
+            raise SettingsError(
+                f"TRANSCRIBER_LANGUAGE={settings.language!r} is not a language {name} "
+                "understands: use a code such as en, fr or de"
+            )
     if "local" in settings.stt_providers:
         _check_local_model(settings.local_whisper_model, settings.language)
     importlib.import_module("livekit.plugins.silero")
@@ -92,6 +133,7 @@ def build_stt(settings: Settings, *, vad: VAD) -> FailoverSTT:
             cooldown=max(settings.failover_cooldown, 0.1),
             max_cooldown=max(FailoverOptions.max_cooldown, settings.failover_cooldown),
         ),
+        finalizing=[name for name in settings.stt_providers if traits(name).finalize],
     )
 
 

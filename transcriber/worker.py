@@ -25,7 +25,7 @@ from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
 from .speech_gate import GateOptions
 from .status_server import StatusServer
-from .stt_providers import SAMPLE_RATE, build_stt, load_vad
+from .stt_providers import SAMPLE_RATE, build_stt, load_vad, traits
 from .track_pipeline import PipelineOptions
 
 logger = logging.getLogger("transcriber.worker")
@@ -150,8 +150,7 @@ async def entrypoint(ctx: JobContext) -> None:
 def room_options(settings: Settings) -> RoomOptions:
     gate = None
     if settings.vad_gating:
-        # Deepgram keeps an idle connection open for free (KeepAlive); others are closed
-        keep_alive = settings.stt_providers[0] == "deepgram" or not settings.stt_idle_close
+        keep_alive = traits(settings.stt_providers[0]).keep_alive or not settings.stt_idle_close
         gate = GateOptions(
             preroll=settings.gate_preroll,
             hangover=settings.gate_hangover,
