@@ -16,6 +16,8 @@ BUILTIN_PROVIDERS = ("local", "deepgram", "speechmatics")
 _PROVIDER_KEYS = {"deepgram": "DEEPGRAM_API_KEY", "speechmatics": "SPEECHMATICS_API_KEY"}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_DIGITS = re.compile(r"[0-9]+")
+"""ASCII only: `str.isdigit()` and `float()` also take other scripts' digits (`٨٠٨١`)."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -122,7 +124,7 @@ class Settings:
         providers = reader.providers("TRANSCRIBER_STT_PROVIDER", default=cls.stt_providers)
         language = reader.language("TRANSCRIBER_LANGUAGE", default=cls.language)
         settings = cls(
-            livekit_url=reader.required("LIVEKIT_URL", hint="e.g. ws://127.0.0.1:7880"),
+            livekit_url=reader.required_url("LIVEKIT_URL", hint="e.g. ws://127.0.0.1:7880"),
             livekit_api_key=reader.required("LIVEKIT_API_KEY", hint="your LiveKit API key"),
             livekit_api_secret=reader.required(
                 "LIVEKIT_API_SECRET", hint="your LiveKit API secret"
@@ -251,7 +253,7 @@ class _EnvReader:
         if not value:
             return default
         try:
-            number = float(value)
+            number = _ascii_float(value)
         except ValueError:
             raise SettingsError(
                 f"{name}={value!r} is not a number: give seconds, e.g. {name}={default:g}"
@@ -264,7 +266,7 @@ class _EnvReader:
         value = self.text(name)
         if not value:
             return default
-        if not value.isdigit() or int(value) > 65535:
+        if not _DIGITS.fullmatch(value) or int(value) > 65535:
             raise SettingsError(f"{name}={value!r} is not a port number: use 0 to 65535")
         return int(value)
 
@@ -272,11 +274,14 @@ class _EnvReader:
         value = self.text(name)
         if not value:
             return default
-        if not value.isdigit() or not low <= int(value) <= 10000:
+        if not _DIGITS.fullmatch(value) or not low <= int(value) <= 10000:
             raise SettingsError(
                 f"{name}={value!r} is not a count: use a whole number from {low} to 10000"
             )
         return int(value)
+
+    def required_url(self, name: str, *, hint: str) -> str:
+        return self.url(name, default=self.required(name, hint=hint))
 
     def url(self, name: str, *, default: str) -> str:
         value = self.text(name, default)
@@ -297,7 +302,7 @@ class _EnvReader:
         if not value:
             return default
         try:
-            number = float(value)
+            number = _ascii_float(value)
         except ValueError:
             raise SettingsError(f"{name}={value!r} is not a number: use a value like 0.7") from None
         if not 0 < number <= 1:
@@ -305,6 +310,10 @@ class _EnvReader:
         return number
 
     def agent_name(self, name: str, *, default: str) -> str:
+        if self._env.get(name) and not self._env[name].strip():
+            raise SettingsError(
+                f"{name} is only spaces: give a name, or leave it empty for {default!r}"
+            )
         value = self.text(name, default)
         if not _AGENT_NAME.match(value):
             raise SettingsError(
@@ -334,3 +343,9 @@ class _EnvReader:
         if not providers:
             raise SettingsError(f"{name} is empty: use one of {', '.join(BUILTIN_PROVIDERS)}")
         return providers
+
+
+def _ascii_float(value: str) -> float:
+    if not value.isascii():
+        raise ValueError(value)
+    return float(value)

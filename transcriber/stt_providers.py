@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from pathlib import Path
 
 from livekit.agents import stt
 from livekit.agents.types import NOT_GIVEN
@@ -73,7 +75,7 @@ def check_providers_installed(settings: Settings) -> None:
                     f"({e}): run scripts/setup"
                 ) from None
         else:
-            _load_factory(name)
+            _check_factory(name, settings)
         languages = traits(name).languages
         if languages is not None and settings.language not in languages():
             raise SettingsError(
@@ -83,6 +85,23 @@ def check_providers_installed(settings: Settings) -> None:
     if "local" in settings.stt_providers:
         _check_local_model(settings.local_whisper_model, settings.language)
     importlib.import_module("livekit.plugins.silero")
+
+
+def _check_factory(path: str, settings: Settings) -> None:
+    """Calls a custom factory once, so a wrong one fails here and not in every job."""
+    factory = _load_factory(path)
+    try:
+        built = factory(settings)
+    except Exception as e:  # whatever the user's factory raises, say which one failed
+        raise SettingsError(
+            f"TRANSCRIBER_STT_PROVIDER={path!r} failed when called with the settings "
+            f"({type(e).__name__}: {e}): name a factory that returns an stt.STT"
+        ) from None
+    if not isinstance(built, stt.STT):
+        raise SettingsError(
+            f"TRANSCRIBER_STT_PROVIDER={path!r} returned {type(built).__name__}, not an "
+            "stt.STT: name a factory that returns one"
+        )
 
 
 def _check_local_model(model: str, language: str) -> None:
@@ -95,10 +114,27 @@ def _check_local_model(model: str, language: str) -> None:
 
     try:
         if model not in available_models() or os.environ.get("HF_HUB_OFFLINE"):
-            resolve_model(model)
+            path = resolve_model(model)
+            if language != "en" and _english_only(Path(path)):
+                raise SettingsError(
+                    f"LOCAL_WHISPER_MODEL={model!r} only understands English but "
+                    f"TRANSCRIBER_LANGUAGE={language!r}: use a multilingual model, or language en"
+                )
         check_language(model, language)
     except ModelLoadError as e:
         raise SettingsError(str(e)) from None
+
+
+def _english_only(model_dir: Path) -> bool:
+    """Whisper's English-only models have 51864 tokens, the multilingual ones more: the
+    test CTranslate2 applies (`is_multilingual`), made on the model's vocabulary file."""
+    for name in ("vocabulary.txt", "vocabulary.json"):
+        path = model_dir / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            size = len(json.loads(text)) if name.endswith(".json") else len(text.splitlines())
+            return size < 51865
+    return False  # no vocabulary: loading the model reports it
 
 
 def import_all_plugins() -> None:
