@@ -12,6 +12,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from transcriber.worker import OutageLogFilter
+
 from .livekit_server import LiveKitServer
 from .participants import CaptionListener, Speaker
 from .test_worker_e2e import dispatch, speak, wait_transcriber
@@ -183,3 +185,55 @@ async def test_ready_only_once_registered_with_livekit(
         assert http_status(f"http://127.0.0.1:{status}/ready") == 200
     finally:
         worker.stop()
+
+
+async def test_an_unreachable_livekit_is_retried_with_one_line_until_it_answers(
+    tmp_path: Path,
+) -> None:
+    from .conftest import WorkerProcess
+
+    port = free_port()  # nothing listens there
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "LIVEKIT_URL": f"ws://127.0.0.1:{port}",
+        "LIVEKIT_API_KEY": "devkey",
+        "LIVEKIT_API_SECRET": "not-used-while-unreachable-not-used",
+        "TRANSCRIBER_STT_PROVIDER": "tests.tone_stt:build",
+        "TRANSCRIBER_HTTP_PORT": "0",
+        "TRANSCRIBER_METRICS_PORT": str(free_port()),
+    }
+    worker = WorkerProcess(env, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 60
+        while worker.log().count(OutageLogFilter.LOST) == 0:
+            assert worker.process.poll() is None, worker.log()[-2000:]
+            assert time.monotonic() < deadline, worker.log()[-2000:]
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(8.0)  # livekit-agents retries after 0, 2, 4 and 6 s
+        assert worker.process.poll() is None  # still trying
+        assert worker.log().count(OutageLogFilter.LOST) == 1, "one line per outage, not per retry"
+        assert worker.status("/ready") == (503, "not registered with LiveKit yet")
+    finally:
+        worker.stop()
+
+
+async def test_a_normal_stop_logs_no_error_and_leaves_no_temporary_directory(
+    livekit_server: LiveKitServer, tmp_path: Path
+) -> None:
+    from .conftest import WorkerProcess, worker_env
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    worker = WorkerProcess(worker_env(livekit_server, TMPDIR=str(temp)), tmp_path / "w.log")
+    try:
+        worker.wait_registered()
+        await asyncio.sleep(2.0)  # the idle job processes are up
+        os.killpg(worker.process.pid, signal.SIGTERM)  # systemd's default: the whole group
+        worker.process.wait(30)
+    finally:
+        worker.stop()
+    assert worker.process.returncode == 0
+    errors = [line for line in worker.log().splitlines() if '"level": "ERROR"' in line]
+    assert errors == []
+    assert list(temp.glob("transcriber-metrics-*")) == []

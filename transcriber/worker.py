@@ -9,9 +9,11 @@ the transcriber.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import math
 import os
+import shutil
 import tempfile
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, utils
@@ -49,7 +51,10 @@ def build_server(settings: Settings) -> AgentServer:
         load_fnc=lambda server: worker_load(server, settings),
         drain_timeout=math.ceil(settings.drain_timeout),  # 0: until every room has ended
         prometheus_multiproc_dir=_metrics_dir(),
+        preload_modules=["transcriber.forkserver_signals"],
+        max_retry=RECONNECTS_UNBOUNDED,  # an unreachable LiveKit may come back: keep trying
     )
+    logging.getLogger("livekit.agents").addFilter(OutageLogFilter())
     if settings.metrics_port:
         StatusServer(server, port=settings.metrics_port)
     claims = RoomClaims(
@@ -68,6 +73,37 @@ def build_server(settings: Settings) -> AgentServer:
     return server
 
 
+RECONNECTS_UNBOUNDED = 10**9
+"""livekit-agents gives up after `max_retry` reconnects (16 by default, ~2 min) and exits
+with code 0; a refused key is caught before start (`preflight`), so only an outage is
+left to retry, every 10 s."""
+
+
+class OutageLogFilter(logging.Filter):
+    """One log line when LiveKit is lost, one when it is back, not one per retry.
+
+    livekit-agents has no event for either: its log messages are matched here, the one
+    place that relies on their wording (tests/test_worker_ops_e2e.py fails if it changes).
+    """
+
+    LOST = "failed to connect to livekit"
+    BACK = "registered worker"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lost = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.LOST):
+            if self._lost:
+                return False
+            self._lost = True
+        elif message == self.BACK:
+            self._lost = False
+        return True
+
+
 def worker_load(server: AgentServer, settings: Settings) -> float:
     """An idle worker always takes a room: the CPU it sees is then other processes' work,
     and refusing would drop the dispatch. A busy one reports the highest of its CPU, its
@@ -84,10 +120,13 @@ def worker_load(server: AgentServer, settings: Settings) -> float:
 
 def _metrics_dir() -> str:
     """Job processes write their metrics here; the main process serves the sum. One
-    directory per worker process, so two workers on one host never mix numbers."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
-        prefix="transcriber-metrics-"
-    )
+    directory per worker process, so two workers on one host never mix numbers; the
+    worker removes the one it made when it exits."""
+    if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return given
+    path = tempfile.mkdtemp(prefix="transcriber-metrics-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def active_tracks_in_worker() -> int:
