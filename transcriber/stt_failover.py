@@ -190,6 +190,7 @@ class FailoverStream(stt.RecognizeStream):
         self._state = ""
         self._dropped_warned = False
         self._in_speech = False
+        self._input_ended = False
         self.usage = {h.label: ProviderUsage() for h in failover.health}
 
     @property
@@ -215,8 +216,8 @@ class FailoverStream(stt.RecognizeStream):
             self._pending_flush = True
 
     def end_input(self) -> None:
-        self.flush()
-        self._input_ch.close()
+        super().end_input()  # our flush(), then the base refuses further input
+        self._input_ended = True
         if self._attempt is not None:
             with contextlib.suppress(RuntimeError):
                 self._attempt.stream.end_input()
@@ -232,7 +233,8 @@ class FailoverStream(stt.RecognizeStream):
         self._buffer.append(_Buffered(self._position, frame))
         self._position += frame.duration
         connected = self._attempt is not None
-        keep = self._opts.silence_replay if connected and not self._in_speech else self._opts.max_replay
+        quiet = connected and not self._in_speech
+        keep = self._opts.silence_replay if quiet else self._opts.max_replay
         while self._buffer and self._position - self._buffer[0].position > keep:
             self._buffer.popleft()
             if not connected and not self._dropped_warned:
@@ -284,7 +286,7 @@ class FailoverStream(stt.RecognizeStream):
                     return "switch" if self._switch_back else "done"
                 self.usage[label].failures += 1
                 metrics.STT_ERRORS.labels(provider=label).inc()
-                if self._input_ch.closed and not self._buffer:
+                if self._input_ended and not self._buffer:
                     return "done"  # nothing left to recognize
                 tries = 1 if delivered else tries + 1
                 if tries > self._opts.retries_per_provider or not _retryable(error):
@@ -323,7 +325,7 @@ class FailoverStream(stt.RecognizeStream):
         if self._pending_flush:
             self._pending_flush = False
             _flush(attempt)
-        if self._input_ch.closed:
+        if self._input_ended:
             stream.end_input()
         return attempt
 
@@ -349,7 +351,7 @@ class FailoverStream(stt.RecognizeStream):
                     if self._should_switch_back(attempt):
                         self._switch_back = True
                         return None, delivered
-            if not self._input_ch.closed:
+            if not self._input_ended:
                 error = APIConnectionError(
                     f"{health.label} closed the stream while the track was live"
                 )
