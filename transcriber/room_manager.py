@@ -19,7 +19,7 @@ from . import metrics
 from .stt_failover import FailoverSTT
 from .track_pipeline import PipelineOptions, TrackPipeline, TrackUsage
 
-logger = logging.getLogger("transcriber.room")
+logger = logging.getLogger(__name__)
 
 _AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
 

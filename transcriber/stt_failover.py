@@ -27,7 +27,7 @@ from prometheus_client import Counter
 
 from . import metrics
 
-logger = logging.getLogger("transcriber.stt_failover")
+logger = logging.getLogger(__name__)
 
 OUTAGES = (APIError, OSError, TimeoutError, aiohttp.ClientError)
 """What a provider failing looks like (as `RecognizeStream._main_task` decides): the

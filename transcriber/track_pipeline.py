@@ -24,7 +24,7 @@ from .captions import CaptionOutputs, CaptionPublisher
 from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
 from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
 
-logger = logging.getLogger("transcriber.track")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,7 +30,7 @@ from .status_server import StatusServer
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad, traits
 from .track_pipeline import PipelineOptions
 
-logger = logging.getLogger("transcriber.worker")
+logger = logging.getLogger(__name__)
 
 
 def build_server(settings: Settings) -> AgentServer:
@@ -165,6 +165,7 @@ def prewarm(proc: JobProcess) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     settings: Settings = ctx.proc.userdata["settings"]
     room_name = ctx.job.room.name
+    ctx.log_context_fields["room"] = room_name  # on every log line of this job
     if await transcriber_in_room(ctx.api, room_name, settings.agent_name):
         logger.info(
             "a transcriber joined this room meanwhile, not joining", extra={"room": room_name}
