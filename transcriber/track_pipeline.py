@@ -66,6 +66,7 @@ class TrackUsage:
         for name, usage in self.stt.items():
             fields[f"stt_{name}_sent_s"] = round(usage.seconds_sent, 2)
             fields[f"stt_{name}_connected_s"] = round(usage.connected_seconds, 2)
+            fields[f"stt_{name}_failures"] = usage.failures
         return fields
 
 
