@@ -120,7 +120,6 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Every default is the field's own (`cls.<field>`), written once above."""
         reader = _EnvReader(os.environ if env is None else env)
-        dg, sm = DeepgramSettings, SpeechmaticsSettings
         providers = reader.providers("TRANSCRIBER_STT_PROVIDER", default=cls.stt_providers)
         language = reader.language("TRANSCRIBER_LANGUAGE", default=cls.language)
         settings = cls(
@@ -135,21 +134,8 @@ class Settings:
             deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
             local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", cls.local_whisper_model),
-            deepgram=DeepgramSettings(
-                model=reader.text("DEEPGRAM_MODEL", dg.model),
-                url=reader.url("DEEPGRAM_URL", default=dg.url),
-                endpointing_ms=reader.count(
-                    "DEEPGRAM_ENDPOINTING_MS", default=dg.endpointing_ms, low=0
-                ),
-                smart_format=reader.flag("DEEPGRAM_SMART_FORMAT", default=dg.smart_format),
-                keyterms=reader.words("DEEPGRAM_KEYTERMS"),
-            ),
-            speechmatics=SpeechmaticsSettings(
-                model=reader.text("SPEECHMATICS_MODEL", sm.model),
-                url=reader.url("SPEECHMATICS_URL", default=sm.url),
-                partials=reader.flag("SPEECHMATICS_PARTIALS", default=sm.partials),
-                vocabulary=reader.words("SPEECHMATICS_VOCABULARY"),
-            ),
+            deepgram=_read_deepgram(reader),
+            speechmatics=_read_speechmatics(reader),
             failover_retries=reader.count(
                 "TRANSCRIBER_FAILOVER_RETRIES", default=cls.failover_retries, low=0
             ),
@@ -190,25 +176,52 @@ class Settings:
             metrics_port=reader.port("TRANSCRIBER_METRICS_PORT", default=cls.metrics_port),
             drain_timeout=reader.seconds("TRANSCRIBER_DRAIN_TIMEOUT", default=cls.drain_timeout),
         )
-        if language == "multi" and set(providers) & {"local", "speechmatics"}:
-            raise SettingsError(
-                "TRANSCRIBER_LANGUAGE=multi is only understood by deepgram: "
-                "use a language code such as en, or TRANSCRIBER_STT_PROVIDER=deepgram"
-            )
-        _check_gate(settings)
-        for provider in providers:
-            key_var = _PROVIDER_KEYS.get(provider)
-            if key_var and not getattr(settings, key_var.lower()):
-                raise SettingsError(
-                    f"{key_var} is not set but TRANSCRIBER_STT_PROVIDER uses {provider}: "
-                    f"set {key_var} in the environment or .env"
-                )
-        if not (settings.text_streams or settings.legacy_transcriptions):
-            raise SettingsError(
-                "TRANSCRIBER_TEXT_STREAMS and TRANSCRIBER_LEGACY_TRANSCRIPTIONS are both off: "
-                "enable at least one caption output"
-            )
+        _check(settings)
         return settings
+
+
+def _read_deepgram(reader: _EnvReader) -> DeepgramSettings:
+    dg = DeepgramSettings
+    return DeepgramSettings(
+        model=reader.text("DEEPGRAM_MODEL", dg.model),
+        url=reader.url("DEEPGRAM_URL", default=dg.url),
+        endpointing_ms=reader.count("DEEPGRAM_ENDPOINTING_MS", default=dg.endpointing_ms, low=0),
+        smart_format=reader.flag("DEEPGRAM_SMART_FORMAT", default=dg.smart_format),
+        keyterms=reader.words("DEEPGRAM_KEYTERMS"),
+    )
+
+
+def _read_speechmatics(reader: _EnvReader) -> SpeechmaticsSettings:
+    sm = SpeechmaticsSettings
+    return SpeechmaticsSettings(
+        model=reader.text("SPEECHMATICS_MODEL", sm.model),
+        url=reader.url("SPEECHMATICS_URL", default=sm.url),
+        partials=reader.flag("SPEECHMATICS_PARTIALS", default=sm.partials),
+        vocabulary=reader.words("SPEECHMATICS_VOCABULARY"),
+    )
+
+
+def _check(settings: Settings) -> None:
+    """What no single variable decides: combinations of them."""
+    providers = settings.stt_providers
+    if settings.language == "multi" and set(providers) & {"local", "speechmatics"}:
+        raise SettingsError(
+            "TRANSCRIBER_LANGUAGE=multi is only understood by deepgram: "
+            "use a language code such as en, or TRANSCRIBER_STT_PROVIDER=deepgram"
+        )
+    _check_gate(settings)
+    for provider in providers:
+        key_var = _PROVIDER_KEYS.get(provider)
+        if key_var and not getattr(settings, key_var.lower()):
+            raise SettingsError(
+                f"{key_var} is not set but TRANSCRIBER_STT_PROVIDER uses {provider}: "
+                f"set {key_var} in the environment or .env"
+            )
+    if not (settings.text_streams or settings.legacy_transcriptions):
+        raise SettingsError(
+            "TRANSCRIBER_TEXT_STREAMS and TRANSCRIBER_LEGACY_TRANSCRIPTIONS are both off: "
+            "enable at least one caption output"
+        )
 
 
 def _check_gate(settings: Settings) -> None:
@@ -317,7 +330,8 @@ class _EnvReader:
         value = self.text(name, default)
         if not _AGENT_NAME.match(value):
             raise SettingsError(
-                f"{name}={value!r} is not a valid agent name: use 1-64 letters, digits, '-', '_' or '.'"
+                f"{name}={value!r} is not a valid agent name: "
+                "use 1-64 letters, digits, '-', '_' or '.'"
             )
         return value
 
