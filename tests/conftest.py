@@ -125,21 +125,6 @@ class WorkerProcess:
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.2)  # its audio stream opens right after the count goes up
 
-    def captioning(self, track_sid: str) -> int:
-        """How many times this worker started captioning the track."""
-        return sum(
-            1 for line in self.log().splitlines() if "captioning track" in line and track_sid in line
-        )
-
-    async def wait_captioning(self, track_sid: str, *, times: int = 1, timeout: float = 30) -> None:
-        """Until the worker captions the track: words said before are heard by no one (the
-        transcriber joins hidden, so the speaker's SDK is not told of its subscription)."""
-        deadline = time.monotonic() + timeout
-        while self.captioning(track_sid) < times:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"track {track_sid} not captioned:\n{self.log()[-3000:]}")
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.2)  # its audio stream opens right after the log line
 
     def stop(self) -> None:
         if self._log.closed:
