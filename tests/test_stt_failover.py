@@ -236,7 +236,8 @@ async def test_flush_calls_finalize_only_on_providers_whose_turns_end_there(
     finalizing: list[str],
 ) -> None:
     outage = Outage()
-    shared = FailoverSTT({"first": functools.partial(FinalizingSTT, outage)}, FAST, finalizing=finalizing)
+    providers = {"first": functools.partial(FinalizingSTT, outage)}
+    shared = FailoverSTT(providers, FAST, finalizing=finalizing)
     stream = shared.stream()
     collected = asyncio.create_task(finals_of(stream))
     await speak(stream, ["hotel", "india"])
