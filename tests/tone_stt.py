@@ -200,3 +200,27 @@ def _classify(block: np.ndarray) -> str | None:
 def build(settings: object) -> ToneSTT:
     """Factory for `TRANSCRIBER_STT_PROVIDER=tests.tone_stt:build`."""
     return ToneSTT()
+
+
+class _BuggyToneStream(ToneStream):
+    def _end_word(self) -> None:
+        if self._run_word == "papa" and self._run_len >= _MIN_WORD_BLOCKS:
+            raise TypeError("a bug in the recognizer: it cannot take papa")
+        super()._end_word()
+
+
+class BuggyToneSTT(ToneSTT):
+    """Hits a bug (not an outage) on the word "papa": that track's captions end there."""
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> ToneStream:
+        return _BuggyToneStream(stt=self, conn_options=conn_options)
+
+
+def build_buggy(settings: object) -> ToneSTT:
+    """Factory for `TRANSCRIBER_STT_PROVIDER=tests.tone_stt:build_buggy`."""
+    return BuggyToneSTT()

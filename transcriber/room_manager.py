@@ -21,20 +21,22 @@ from .captions import Speaker, clean_label
 from .stt_failover import FailoverSTT
 from .track_pipeline import PipelineOptions, TrackPipeline, TrackUsage
 
-logger = logging.getLogger("transcriber.room")
+logger = logging.getLogger(__name__)
 
 _AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
 
 
 @dataclass(frozen=True, kw_only=True)
 class RoomOptions:
-    pipeline: PipelineOptions = PipelineOptions()
-    transcribe_agents: bool = False
-    empty_room_timeout: float = 30.0
+    """Values come from `Settings` (see `worker.room_options`), except the participant cap."""
+
+    pipeline: PipelineOptions
+    transcribe_agents: bool
+    empty_room_timeout: float
+    max_tracks_per_room: int
+    max_tracks_per_worker: int
     max_tracks_per_participant: int = 4
     """Bounds what one participant can make us spend (mic + screen share need two)."""
-    max_tracks_per_room: int = 50
-    max_tracks_per_worker: int = 100
 
 
 class RoomManager:

@@ -25,22 +25,24 @@ from .captions import Caption, SegmentTracker, Speaker
 from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
 from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
 
-logger = logging.getLogger("transcriber.track")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineOptions:
-    sample_rate: int = 16000
+    """Values come from `Settings` (see `worker.room_options`); only the frame size is ours."""
+
+    sample_rate: int
+    language: str
+    """Captions say this language when the STT does not."""
+    drain_timeout: float
+    """How long closing waits for the STT to deliver the last final."""
+    gate: GateOptions | None
+    """None streams every frame to the STT (no VAD gating)."""
     frame_size_ms: int = 50
     """Audio per frame from the track: every frame costs Python work on the event loop, and
     50 ms frames cost a quarter of the SDK's default 10 ms (capacity benchmark) for at most
     50 ms of added latency."""
-    language: str = "en"
-    """Captions say this language when the STT does not."""
-    drain_timeout: float = 5.0
-    """How long closing waits for the STT to deliver the last final."""
-    gate: GateOptions | None = None
-    """None streams every frame to the STT (no VAD gating)."""
 
 
 @dataclass
@@ -66,6 +68,7 @@ class TrackUsage:
         for name, usage in self.stt.items():
             fields[f"stt_{name}_sent_s"] = round(usage.seconds_sent, 2)
             fields[f"stt_{name}_connected_s"] = round(usage.connected_seconds, 2)
+            fields[f"stt_{name}_failures"] = usage.failures
         return fields
 
 
@@ -110,6 +113,7 @@ class TrackPipeline:
         self._stream: FailoverStream | None = None
         self._stream_clock = _ArrivalClock()
         self._consumers: set[asyncio.Task[None]] = set()
+        self._failed = False
         self._closing: asyncio.Task[None] | None = None
         self._forward = asyncio.create_task(self._forward_audio(), name="track-audio")
         self._task = asyncio.create_task(self._run(), name=f"track-pipeline-{track.sid}")
@@ -174,10 +178,15 @@ class TrackPipeline:
                 self._end_stream()
 
     def _send(self, frame: rtc.AudioFrame, *, arrived: float | None) -> None:
+        if self._failed:
+            return
         if self._stream is None:
             self._open_stream()
         assert self._stream is not None
-        self._stream.push_frame(frame)
+        try:
+            self._stream.push_frame(frame)
+        except RuntimeError:
+            return  # the stream ended with an error; its consumer reports it
         self._stream_clock.record(self._stream_clock.end + frame.duration, arrived)
 
     def _open_stream(self) -> None:
@@ -212,7 +221,13 @@ class TrackPipeline:
                             time.monotonic() - arrived
                         )
         except Exception:
-            logger.exception("STT stream failed", extra=self._log_extra)
+            # provider failures are handled below (retries, failover); this is a bug: this
+            # track stops being captioned, every other track goes on
+            logger.exception("captioning this track failed, stopping it", extra=self._log_extra)
+            self._failed = True
+            self._forward.cancel()
+            if self._gate is not None:
+                self._gate.end_input()
         finally:
             segments.close_open_segment()
             self.finals += segments.finals
