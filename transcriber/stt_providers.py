@@ -40,14 +40,14 @@ def check_providers_installed(settings: Settings) -> None:
         else:
             _load_factory(name)
     if "local" in settings.stt_providers:
-        _check_local_model(settings.local_whisper_model, settings.language)
+        _check_local_model(settings.local_whisper_model, settings.languages)
     importlib.import_module("livekit.plugins.silero")
 
 
-def _check_local_model(model: str, language: str) -> None:
+def _check_local_model(model: str, languages: tuple[str, ...]) -> None:
     """A known model name is fine even if not downloaded yet (it downloads on first use),
     unless downloads are off (HF_HUB_OFFLINE, as in the image): then it must be cached. A
-    path must hold a readable model; an English-only model needs language en."""
+    path must hold a readable model; an English-only model needs every language to be en."""
     from faster_whisper.utils import available_models
     from livekit.plugins.local_whisper import ModelLoadError
     from livekit.plugins.local_whisper.backend import check_language, resolve_model
@@ -55,7 +55,8 @@ def _check_local_model(model: str, language: str) -> None:
     try:
         if model not in available_models() or os.environ.get("HF_HUB_OFFLINE"):
             resolve_model(model)
-        check_language(model, language)
+        for language in languages:
+            check_language(model, language)
     except ModelLoadError as e:
         raise SettingsError(str(e)) from None
 
