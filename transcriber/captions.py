@@ -22,6 +22,7 @@ from livekit.agents.types import (
 )
 
 from . import metrics
+from .languages import LANGUAGE_ATTRIBUTE
 
 logger = logging.getLogger("transcriber.captions")
 
@@ -137,6 +138,8 @@ class CaptionPublisher:
             ATTRIBUTE_TRANSCRIPTION_FINAL: "true" if caption.final else "false",
             ATTRIBUTE_TRANSCRIPTION_TRACK_ID: self._track_sid,
         }
+        if caption.language:
+            attributes[LANGUAGE_ATTRIBUTE] = caption.language
         try:
             writer = await self._room.local_participant.stream_text(
                 topic=TOPIC_TRANSCRIPTION,

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from . import metrics
 from .captions import CaptionOutputs
+from .languages import LanguagePolicy
 from .room_claim import RoomClaims, keep_room, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
@@ -171,6 +172,16 @@ def room_options(settings: Settings) -> RoomOptions:
         empty_room_timeout=settings.empty_room_timeout,
         max_tracks_per_room=settings.max_tracks_per_room,
         max_tracks_per_worker=settings.max_tracks,
+        languages=language_policy(settings),
+    )
+
+
+def language_policy(settings: Settings) -> LanguagePolicy:
+    return LanguagePolicy(
+        default=settings.language,
+        spoken=settings.languages,
+        translation=settings.translation.languages,
+        max_targets=settings.translation.max_languages,
     )
 
 
