@@ -59,3 +59,26 @@ async def watch_event_loop_lag(interval: float = 0.5) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
+
+
+TRANSLATION_REQUESTS = Counter(
+    "transcriber_translation_requests_total",
+    "Requests sent to the translation provider (a retry is a second request)",
+    ["provider"],
+)
+TRANSLATION_CHARACTERS = Counter(
+    "transcriber_translation_characters_total",
+    "Characters of caption text translated: what translation providers bill",
+    ["provider"],
+)
+TRANSLATION_ERRORS = Counter(
+    "transcriber_translation_errors_total",
+    "Translation requests that failed or timed out",
+    ["provider"],
+)
+TRANSLATION_LATENCY = Histogram(
+    "transcriber_translation_latency_seconds",
+    "Time to translate one caption, its retry included",
+    ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
+)
