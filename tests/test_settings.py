@@ -177,7 +177,7 @@ TRANSLATE = {"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr"}
             {"TRANSCRIBER_LANGUAGES": "en,multi", "TRANSCRIBER_STT_PROVIDER": "speechmatics", "SPEECHMATICS_API_KEY": "k"},
             "TRANSCRIBER_LANGUAGES' multi is only understood by deepgram",
         ),
-        ({"TRANSCRIBER_TRANSLATION_PROVIDER": "google"}, "TRANSCRIBER_TRANSLATION_PROVIDER='google' is not known"),
+        ({"TRANSCRIBER_TRANSLATION_PROVIDER": "google"}, "TRANSCRIBER_TRANSLATION_PROVIDER='google' is not one of"),
         ({"TRANSCRIBER_TRANSLATION_PROVIDER": "deepl"}, "TRANSCRIBER_TRANSLATION_LANGUAGES is empty"),
         ({"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr,de"}, "TRANSCRIBER_TRANSLATION_PROVIDER is not"),
         ({"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr,multi", "TRANSCRIBER_TRANSLATION_PROVIDER": "deepl"}, "'multi', which is not"),

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livekit import rtc
@@ -21,7 +22,7 @@ from livekit.agents.types import NOT_GIVEN
 from livekit.agents.vad import VAD
 
 from . import metrics
-from .captions import CaptionOutputs, CaptionPublisher
+from .captions import Caption, SegmentTracker, Speaker
 from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
 from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
 
@@ -35,7 +36,8 @@ class PipelineOptions:
     """Audio per frame from the track: every frame costs Python work on the event loop, and
     50 ms frames cost a quarter of the SDK's default 10 ms (capacity benchmark) for at most
     50 ms of added latency."""
-    outputs: CaptionOutputs = CaptionOutputs()
+    language: str = "en"
+    """Captions say this language when the STT does not."""
     drain_timeout: float = 5.0
     """How long closing waits for the STT to deliver the last final."""
     gate: GateOptions | None = None
@@ -81,7 +83,8 @@ class TrackPipeline:
         *,
         room: rtc.Room,
         track: rtc.Track,
-        speaker_identity: str,
+        speaker: Speaker,
+        captions: Callable[[Caption], None],
         stt: FailoverSTT,
         vad: VAD,
         options: PipelineOptions,
@@ -93,12 +96,12 @@ class TrackPipeline:
         self._opts = options
         self._log_extra = {
             "room": room.name,
-            "participant": speaker_identity,
+            "participant": speaker.identity,
             "track": track.sid,
         }
-        self.publisher = CaptionPublisher(
-            room, speaker_identity=speaker_identity, track_sid=track.sid, outputs=options.outputs
-        )
+        self._speaker = speaker
+        self._captions = captions
+        self.finals = 0
         self.usage = TrackUsage()
         self._audio = rtc.AudioStream.from_track(
             track=track,
@@ -109,6 +112,7 @@ class TrackPipeline:
         self._gate = SpeechGate(vad, options.gate) if options.gate is not None else None
         self._track_clock = _ArrivalClock()
         self._stream: FailoverStream | None = None
+        self._segments: dict[FailoverStream, SegmentTracker] = {}  # per open stream
         self._stream_clock = _ArrivalClock()
         self._consumers: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Task[None] | None = None
@@ -126,8 +130,11 @@ class TrackPipeline:
         and the next opens a stream in the new one: right away when none is in progress,
         else at that segment's final (`_consume`)."""
         self._language = language
-        if self._stream is not None and not self.publisher.segment_open:
-            self._end_stream_if_language_changed(self._stream)
+        stream = self._stream
+        if stream is not None:
+            tracker = self._segments.get(stream)
+            if tracker is None or not tracker.segment_open:
+                self._end_stream_if_language_changed(stream)
 
     def _end_stream_if_language_changed(self, stream: FailoverStream) -> None:
         if stream is self._stream and (stream.language or None) != self._language:
@@ -152,7 +159,6 @@ class TrackPipeline:
         await self._audio.aclose()
         if self._gate is not None:
             await self._gate.aclose()
-        await self.publisher.close_open_segment()
 
     async def _run(self) -> None:
         if self._gate is not None:
@@ -212,9 +218,16 @@ class TrackPipeline:
                 stream.end_input()
 
     async def _consume(self, stream: FailoverStream, clock: _ArrivalClock) -> None:
+        segments = SegmentTracker(
+            speaker=self._speaker,
+            emit=self._captions,
+            wall_time=clock.wall_time,
+            language=stream.language or self._opts.language,
+        )
+        self._segments[stream] = segments
         try:
             async for event in stream:
-                await self.publisher.on_speech_event(event)
+                segments.on_speech_event(event)
                 if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
                     self._end_stream_if_language_changed(stream)
                 if event.alternatives and event.type in _CAPTIONS:
@@ -226,6 +239,9 @@ class TrackPipeline:
         except Exception:
             logger.exception("STT stream failed", extra=self._log_extra)
         finally:
+            self._segments.pop(stream, None)
+            segments.close_open_segment()
+            self.finals += segments.finals
             if self._stream is stream:
                 self._stream = None
             await stream.aclose()
@@ -257,6 +273,12 @@ class _ArrivalClock:
         while self._ends and end - self._ends[0] > self._keep:
             self._ends.popleft()
             self._times.popleft()
+
+    def wall_time(self, position: float) -> float:
+        """Wall-clock time the audio up to `position` arrived (now, if not recorded)."""
+        arrived = self.at(position)
+        now = time.monotonic()
+        return time.time() - (now - arrived if arrived is not None else 0.0)
 
     def at(self, position: float) -> float | None:
         if position <= 0 or not self._ends:
