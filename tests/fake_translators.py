@@ -25,7 +25,8 @@ position in that language, unknown words are kept, and a marker names the target
 
 Faults (in process, or `POST /_fake/faults` with the same names): `delay` seconds before
 every answer, `fail_status` (e.g. 503) for the next `fail_count` requests (None: all),
-`rate_limited` next requests answered 429 with `Retry-After: retry_after`. `GET /_fake/state` lists the requests.
+`rate_limited` next requests answered 429 with `Retry-After: retry_after`.
+`GET /_fake/state` lists the requests.
 """
 
 from __future__ import annotations
@@ -42,13 +43,20 @@ from aiohttp import web
 from .tone_stt import VOCABULARY
 
 NUMERALS = {
-    "fr": "un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze seize",
-    "de": "eins zwei drei vier fünf sechs sieben acht neun zehn elf zwölf dreizehn vierzehn fünfzehn sechzehn",
-    "es": "uno dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce quince dieciséis",
-    "it": "uno due tre quattro cinque sei sette otto nove dieci undici dodici tredici quattordici quindici sedici",
-    "en": "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen",
+    "fr": "un deux trois quatre cinq six sept huit neuf dix onze douze treize quatorze quinze "
+    "seize",
+    "de": "eins zwei drei vier fünf sechs sieben acht neun zehn elf zwölf dreizehn vierzehn "
+    "fünfzehn sechzehn",
+    "es": "uno dos tres cuatro cinco seis siete ocho nueve diez once doce trece catorce quince "
+    "dieciséis",
+    "it": "uno due tre quattro cinque sei sette otto nove dieci undici dodici tredici quattordici "
+    "quindici sedici",
+    "en": "one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen",
 }
-TABLE = {lang: dict(zip(VOCABULARY, words.split(), strict=True)) for lang, words in NUMERALS.items()}
+TABLE = {
+    lang: dict(zip(VOCABULARY, words.split(), strict=True)) for lang, words in NUMERALS.items()
+}
 LANGUAGES = tuple(NUMERALS)
 
 
@@ -189,7 +197,10 @@ class FakeDeepL(FakeTranslationService):
             return self.error(400, "Parameter 'text' not specified.")
         target = str(body.get("target_lang", "")).upper()
         if target in ("EN", "PT"):
-            return self.error(400, f"targetLang='{target.lower()}' is deprecated, please use en-GB or en-US instead.")
+            return self.error(
+                400,
+                f"targetLang='{target.lower()}' is deprecated, please use en-GB or en-US instead.",
+            )
         if target not in self._TARGETS:
             return self.error(400, "Value for 'target_lang' not supported.")
         source = str(body.get("source_lang") or "EN").upper()
@@ -264,15 +275,22 @@ class FakeChatCompletions(FakeTranslationService):
                 404, f"The model `{body['model']}` does not exist", code="model_not_found"
             )
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-            and isinstance(m.get("content"), str)
-            for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict)
+                and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str)
+                for m in messages
+            )
         ):
             return self.error(400, "'messages' must be a non-empty list of role/content objects")
         target = _prompt_target(messages)
         if messages[-1]["role"] != "user" or target not in LANGUAGES:
-            return self.error(400, "the fake needs a system prompt naming the target, then the text")
+            return self.error(
+                400, "the fake needs a system prompt naming the target, then the text"
+            )
         content = translation(messages[-1]["content"], target)
         return web.json_response(
             {

@@ -117,6 +117,10 @@ class Caption:
     attributes: dict[str, str] = field(default_factory=dict)
     """Every text stream attribute (translations carry `translated`, ...)."""
 
+    @property
+    def translated(self) -> bool:
+        return self.attributes.get("translated") == "true"
+
 
 @dataclass
 class CaptionListener:
@@ -210,7 +214,11 @@ class CaptionListener:
         return [c for c in self.captions if c.speaker == speaker and c.output == output]
 
     def finals(self, speaker: str, output: str = "text_stream") -> list[str]:
-        return [c.text for c in self.of(speaker, output) if c.final]
+        return [c.text for c in self.of(speaker, output) if c.final and not c.translated]
+
+    def translations(self, speaker: str, *, final: bool = True) -> list[Caption]:
+        """The speaker's translated captions this listener received (finals, or interims)."""
+        return [c for c in self.of(speaker) if c.translated and c.final == final]
 
     async def wait_heard(self, speaker: str, said: str, *, max_wer: float, timeout: float = 40.0) -> str:
         """The speaker's finals, once they match `said` within `max_wer` or `timeout`

@@ -85,3 +85,9 @@ def test_no_translation_languages_means_no_targets() -> None:
 def test_regional_variants_are_one_language() -> None:
     assert base_language("fr-CA") == base_language("fr") == "fr"
     assert base_language("pt_BR") == "pt"
+
+
+def test_the_audience_of_each_target_is_who_reads_it() -> None:
+    policy = LanguagePolicy(spoken=("en",), translation=("fr", "de"), max_targets=1)
+    readers = {"ann": "fr", "bob": "de", "cem": "de", "dan": "en"}
+    assert policy.audience(readers) == {"de": ["bob", "cem"]}  # fr is over the cap

@@ -71,7 +71,9 @@ async def test_each_track_streams_to_deepgram_and_speechmatics_in_its_speakers_l
         env.update(TRANSCRIBER_VAD_GATING="false", TRANSCRIBER_LANGUAGES="en,fr,de")
         worker = start(start_worker, f"{agent_name}-{provider}", **env)
         room = f"{room_name}-{provider}"
-        listener, speakers = await join_meeting(livekit_server, worker, worker.agent_name, room, THREE)
+        listener, speakers = await join_meeting(
+            livekit_server, worker, worker.agent_name, room, THREE
+        )
         await asyncio.gather(*(s.silence(1.0) for s in speakers))
         languages = await wait_languages(service, since, 3)
         assert sorted(languages) == ["de", "en", "fr"], provider
@@ -110,7 +112,11 @@ async def test_each_caption_says_the_language_its_speaker_speaks(
 ) -> None:
     worker = start(start_worker, agent_name, TRANSCRIBER_LANGUAGES="en,fr,de")
     listener, speakers = await join_meeting(livekit_server, worker, agent_name, room_name, THREE)
-    words = {"fr-speaker": ["alpha", "bravo"], "de-speaker": ["charlie", "delta"], "en-speaker": ["echo", "golf"]}
+    words = {
+        "fr-speaker": ["alpha", "bravo"],
+        "de-speaker": ["charlie", "delta"],
+        "en-speaker": ["echo", "golf"],
+    }
     await asyncio.gather(*(say(s, words[s.identity], tmp_path) for s in speakers))
     await listener.wait_for(lambda: all(listener.finals(who, "legacy") for who in THREE))
     await listener.wait_for(lambda: all(listener.finals(who) for who in THREE))

@@ -36,12 +36,16 @@ QUICK = TranslatorOptions(timeout=2.0, retry_interval=0.01, max_retry_after=1.0)
 
 
 def fake(provider: str, api_key: str = KEY) -> FakeTranslationService:
-    return {"deepl": FakeDeepL, "libretranslate": FakeLibreTranslate, "openai": FakeChatCompletions}[
-        provider
-    ](api_key=api_key)
+    return {
+        "deepl": FakeDeepL,
+        "libretranslate": FakeLibreTranslate,
+        "openai": FakeChatCompletions,
+    }[provider](api_key=api_key)
 
 
-def client(provider: str, server: FakeTranslationService, *, key: str = KEY, options=QUICK) -> Translator:  # type: ignore[no-untyped-def]
+def client(
+    provider: str, server: FakeTranslationService, *, key: str = KEY, options=QUICK
+) -> Translator:  # type: ignore[no-untyped-def]
     if provider == "deepl":
         return DeepLTranslator(api_key=key, url=server.url, options=options)
     if provider == "libretranslate":
@@ -72,12 +76,20 @@ async def test_deepl_sends_the_v2_request_and_reads_the_translation() -> None:
 async def test_libretranslate_sends_q_source_target_and_the_key_in_the_body() -> None:
     async with fake("libretranslate") as server:
         translator = client("libretranslate", server)
-        assert await translator.translate("delta echo", source="en", target="de") == "vier fünf [de]"
+        assert (
+            await translator.translate("delta echo", source="en", target="de") == "vier fünf [de]"
+        )
         assert await translator.translate("golf", source=None, target="es") == "siete [es]"
         await translator.aclose()
     first, second = server.requests
     assert first.path == "/translate"
-    assert first.body == {"q": "delta echo", "source": "en", "target": "de", "format": "text", "api_key": KEY}
+    assert first.body == {
+        "q": "delta echo",
+        "source": "en",
+        "target": "de",
+        "format": "text",
+        "api_key": KEY,
+    }
     assert second.body["source"] == "auto"
 
 
@@ -92,7 +104,9 @@ async def test_libretranslate_without_a_key_sends_none() -> None:
 async def test_openai_sends_a_system_prompt_asking_for_the_translation_only() -> None:
     async with fake("openai") as server:
         translator = client("openai", server)
-        assert await translator.translate("india juliet", source="en", target="fr") == "neuf dix [fr]"
+        assert (
+            await translator.translate("india juliet", source="en", target="fr") == "neuf dix [fr]"
+        )
         await translator.aclose()
     [request] = server.requests
     assert request.path == "/v1/chat/completions"
@@ -109,13 +123,18 @@ async def test_openai_sends_a_system_prompt_asking_for_the_translation_only() ->
 async def test_openai_takes_the_full_endpoint_url_too() -> None:
     async with fake("openai") as server:
         translator = OpenAITranslator(
-            url=f"{server.url}/chat/completions", model="translate-model", api_key=KEY, options=QUICK
+            url=f"{server.url}/chat/completions",
+            model="translate-model",
+            api_key=KEY,
+            options=QUICK,
         )
         assert await translator.translate("kilo", source="en", target="de") == "elf [de]"
         await translator.aclose()
 
 
-@pytest.mark.parametrize(("provider", "status"), [("deepl", 403), ("libretranslate", 403), ("openai", 401)])
+@pytest.mark.parametrize(
+    ("provider", "status"), [("deepl", 403), ("libretranslate", 403), ("openai", 401)]
+)
 async def test_a_wrong_key_is_refused_once_and_never_retried(provider: str, status: int) -> None:
     async with fake(provider) as server:
         translator = client(provider, server, key="wrong-key-9876543210")
@@ -247,6 +266,8 @@ async def test_the_settings_build_the_named_provider(provider: str) -> None:
         )
         translator = build_translator(settings)
         assert translator is not None and translator.provider == provider
-        assert await translator.translate("alpha", source="en", target="fr") == translation("alpha", "fr")
+        assert await translator.translate("alpha", source="en", target="fr") == translation(
+            "alpha", "fr"
+        )
         await translator.aclose()
     assert build_translator(TranslationSettings()) is None

@@ -95,6 +95,14 @@ class LanguagePolicy:
             dropped=tuple(ranked[self.max_targets :]),
         )
 
+    def audience(self, readers: Mapping[str, str]) -> dict[str, list[str]]:
+        """Target language → the participants who read it, for `readers` (identity →
+        language read); the targets in `targets()` order."""
+        return {
+            target: [identity for identity, read in readers.items() if read == target]
+            for target in self.targets(readers.values()).languages
+        }
+
 
 @dataclass(frozen=True)
 class Targets:

@@ -87,3 +87,11 @@ TRANSLATION_LATENCY = Histogram(
     ["provider"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
 )
+TRANSLATIONS_PUBLISHED = Counter(
+    "transcriber_translations_published_total", "Translated captions published", ["kind"]
+)
+TRANSLATIONS_SKIPPED = Counter(
+    "transcriber_translations_skipped_total",
+    "Finals or interims not translated: the translator failed, or a lane fell too far behind",
+    ["reason"],
+)

@@ -220,10 +220,6 @@ class RoomManager:
         """The languages this room's captions are translated into, most-read first."""
         return self._opts.languages.targets(self._readers.values())
 
-    def readers_of(self, language: str) -> list[str]:
-        """The participants whose `language` attribute is `language`."""
-        return [identity for identity, read in self._readers.items() if read == language]
-
     def _spoken_language(self, identity: str) -> str:
         return self._opts.languages.spoken_language(self._readers.get(identity))
 

@@ -233,7 +233,9 @@ class Settings:
                 f"TRANSCRIBER_LANGUAGE={language}: add it (it is the fallback for everyone)"
             )
         if MULTI in settings.languages and set(providers) & {"local", "speechmatics"}:
-            where = "TRANSCRIBER_LANGUAGE=multi" if language == MULTI else "TRANSCRIBER_LANGUAGES' multi"
+            where = (
+                "TRANSCRIBER_LANGUAGE=multi" if language == MULTI else "TRANSCRIBER_LANGUAGES' multi"
+            )
             raise SettingsError(
                 f"{where} is only understood by deepgram: "
                 "use a language code such as en, or TRANSCRIBER_STT_PROVIDER=deepgram"
@@ -289,8 +291,9 @@ def _translation_settings(reader: _EnvReader) -> TranslationSettings:
     if bool(provider) != bool(languages):
         if provider:
             raise SettingsError(
-                f"TRANSCRIBER_TRANSLATION_PROVIDER={provider} but TRANSCRIBER_TRANSLATION_LANGUAGES "
-                "is empty: list the languages to translate into, e.g. fr,de"
+                f"TRANSCRIBER_TRANSLATION_PROVIDER={provider} but "
+                "TRANSCRIBER_TRANSLATION_LANGUAGES is empty: list the languages to translate "
+                "into, e.g. fr,de"
             )
         raise SettingsError(
             "TRANSCRIBER_TRANSLATION_LANGUAGES is set but TRANSCRIBER_TRANSLATION_PROVIDER is not: "

@@ -190,9 +190,7 @@ class DeepLTranslator(Translator):
 class LibreTranslateTranslator(Translator):
     provider = "libretranslate"
 
-    def __init__(
-        self, *, url: str, api_key: str, options: TranslatorOptions, **kw: Any
-    ) -> None:
+    def __init__(self, *, url: str, api_key: str, options: TranslatorOptions, **kw: Any) -> None:
         super().__init__(options=options, **kw)
         self._url = f"{url.rstrip('/')}/translate"
         self._api_key = api_key

@@ -33,6 +33,8 @@ from .stt_providers import SAMPLE_RATE, build_stt, load_vad
 from .track_pipeline import PipelineOptions
 from .transcript_delivery import DeliveryOptions, TranscriptOutbox
 from .transcript_journal import TranscriptLimits, TranscriptSink
+from .translation import TranslationOptions, TranslationSink
+from .translators import build_translator
 
 logger = logging.getLogger("transcriber.worker")
 
@@ -207,6 +209,15 @@ async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink
                     max_finals=settings.transcript_max_finals,
                     max_bytes=settings.transcript_max_bytes,
                 ),
+            )
+        )
+    if (translator := build_translator(settings.translation)) is not None:
+        sinks.append(
+            TranslationSink(
+                room,
+                translator,
+                policy=language_policy(settings),
+                options=TranslationOptions(interims=settings.translation.interims),
             )
         )
     return sinks
