@@ -90,6 +90,8 @@ class RoomManager:
         room.on("participant_attributes_changed", self._on_attributes_changed)
         for participant in room.remote_participants.values():
             self._update_language(participant)
+        self._check_targets()
+        for participant in room.remote_participants.values():
             for publication in participant.track_publications.values():
                 self._on_track_published(publication, participant)
                 if publication.track is not None and publication.subscribed:
@@ -201,6 +203,7 @@ class RoomManager:
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
         self._update_language(participant)
+        self._check_targets()
         if participant.kind != _AGENT:
             self.captions.participant_joined(participant.identity)  # history, for (re)joiners
         self._check_empty()
@@ -228,10 +231,11 @@ class RoomManager:
     ) -> None:
         if LANGUAGE_ATTRIBUTE in changed and isinstance(participant, rtc.RemoteParticipant):
             self._update_language(participant)
+            self._check_targets()
 
     def _update_language(self, participant: rtc.RemoteParticipant) -> None:
         """Reads the participant's `language`; a change reaches its tracks at their next
-        segment boundary and the room's translation targets at once."""
+        segment boundary (the caller then checks the room's translation targets)."""
         identity = participant.identity
         if identity == self._room.local_participant.identity:
             return
@@ -260,7 +264,6 @@ class RoomManager:
             for sid, owner in self._owners.items():
                 if owner == identity:
                     self._pipelines[sid].set_language(spoken)
-        self._check_targets()
 
     def _check_targets(self) -> None:
         targets = self.translation_targets()
