@@ -113,6 +113,7 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
         ({"LOCAL_WHISPER_MODEL": "tiny.xx"}, "LOCAL_WHISPER_MODEL='tiny.xx' is not a known Whisper model"),
         ({"LOCAL_WHISPER_MODEL": "/nonexistent/model"}, "is not a known Whisper model or readable directory"),
         ({"TRANSCRIBER_LANGUAGE": "fr"}, "only understands English"),
+        ({"TRANSCRIBER_LANGUAGES": "en,de"}, "LOCAL_WHISPER_MODEL='tiny.en' only understands English"),
         (
             {"LOCAL_WHISPER_MODEL": "large-v3", "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent"},
             "LOCAL_WHISPER_MODEL='large-v3' is not downloaded",

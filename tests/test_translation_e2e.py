@@ -145,6 +145,34 @@ async def test_each_reader_gets_the_finals_in_their_language_translated_once_per
         assert len(deepl.answered) == 2 * finals  # nothing into en (their own) or es
 
 
+async def test_a_caption_is_never_translated_into_its_own_language(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
+) -> None:
+    async with FakeDeepL(api_key=KEY) as deepl, meeting(livekit_server, room_name, tmp_path) as m:
+        worker = start_worker(
+            TRANSCRIBER_AGENT_NAME=agent_name,
+            TRANSCRIBER_LANGUAGES="en,fr",
+            TRANSCRIBER_TRANSLATION_LANGUAGES="fr,en",
+            **provider_env("deepl", deepl),
+        )
+        french = await m.reader("french-reader", "fr")
+        english = await m.reader("english-reader", "en")
+        marie = await m.speaker("marie", "fr")
+        john = await m.speaker("john", "en")
+        await m.start(worker, agent_name)
+        await asyncio.gather(m.say(marie, ["alpha", "bravo"]), m.say(john, ["charlie", "delta"]))
+        await english.wait_for(lambda: len(english.translations("marie")) >= 1)
+        await french.wait_for(lambda: len(french.translations("john")) >= 1)
+        await asyncio.sleep(1.0)
+
+        assert [c.text for c in english.translations("marie")] == ["one two [en]"]
+        assert [c.text for c in french.translations("john")] == ["trois quatre [fr]"]
+        assert french.translations("marie") == [] and english.translations("john") == []
+        assert sorted(deepl.target_of(r) or "" for r in deepl.answered) == ["en", "fr"]
+        marie_request = next(r for r in deepl.answered if deepl.target_of(r) == "en")
+        assert marie_request.body["source_lang"] == "FR"
+
+
 async def _say_all(m: Meeting, speaker: Speaker, lines: list[list[str]]) -> None:
     for words in lines:
         await m.say(speaker, words)
