@@ -24,7 +24,7 @@ from livekit.agents.vad import VAD
 from . import metrics
 from .captions import Caption, SegmentTracker, Speaker
 from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
-from .stt_failover import FailoverStream, FailoverSTT, ProviderUsage
+from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
 
 logger = logging.getLogger("transcriber.track")
 
