@@ -112,10 +112,14 @@ class Caption:
     text: str
     final: bool
     received_at: float
-    language: str = ""
-    """The text stream's `language` attribute, or the legacy segment's language."""
     attributes: dict[str, str] = field(default_factory=dict)
     """Every text stream attribute (translations carry `translated`, ...)."""
+    language: str = ""
+    """The text stream's `language` attribute, or the legacy segment's language."""
+
+    @property
+    def history(self) -> bool:
+        return self.attributes.get("transcriber.history") == "true"
 
     @property
     def translated(self) -> bool:
