@@ -125,6 +125,7 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
         ({"LOCAL_WHISPER_MODEL": "tiny.xx"}, "LOCAL_WHISPER_MODEL='tiny.xx' is not a known Whisper model"),
         ({"LOCAL_WHISPER_MODEL": "/nonexistent/model"}, "is not a known Whisper model or readable directory"),
         ({"TRANSCRIBER_LANGUAGE": "fr"}, "only understands English"),
+        ({"TRANSCRIBER_LANGUAGES": "en,de"}, "LOCAL_WHISPER_MODEL='tiny.en' only understands English"),
         (
             {"TRANSCRIBER_LANGUAGE": "fr", "LOCAL_WHISPER_MODEL": str(PACKAGED_TINY_EN)},
             "only understands English but TRANSCRIBER_LANGUAGE='fr'",
@@ -150,6 +151,73 @@ def test_worker_exits_with_one_line_for_an_unusable_whisper_model(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
+
+
+def test_languages_default_to_the_one_language_and_translation_is_off() -> None:
+    settings = Settings.from_env({**BASE, "TRANSCRIBER_LANGUAGE": "en"})
+    assert settings.languages == ("en",)
+    assert settings.translation.provider == "" and settings.translation.languages == ()
+    assert settings.translation.max_languages == 4 and not settings.translation.interims
+
+
+def test_translation_settings_are_read_and_their_keys_stay_out_of_the_repr() -> None:
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "TRANSCRIBER_LANGUAGES": "en, fr,de",
+            "TRANSCRIBER_TRANSLATION_PROVIDER": "deepl",
+            "TRANSCRIBER_TRANSLATION_LANGUAGES": "fr,de",
+            "TRANSCRIBER_MAX_TRANSLATION_LANGUAGES": "2",
+            "TRANSCRIBER_TRANSLATE_INTERIMS": "true",
+            "DEEPL_API_KEY": "deepl-secret-123456",
+            "DEEPL_URL": "https://api-free.deepl.com/",
+        }
+    )
+    assert settings.languages == ("en", "fr", "de")
+    t = settings.translation
+    assert (t.provider, t.languages, t.max_languages, t.interims) == ("deepl", ("fr", "de"), 2, True)
+    assert t.deepl_url == "https://api-free.deepl.com"
+    assert "deepl-secret-123456" not in repr(settings)
+
+
+TRANSLATE = {"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr"}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TRANSCRIBER_LANGUAGES": "en,EN"}, "TRANSCRIBER_LANGUAGES has 'EN', which is not a language code"),
+        ({"TRANSCRIBER_LANGUAGES": "en,french"}, "'french', which is not a language code"),
+        ({"TRANSCRIBER_LANGUAGES": "en,fr,fr"}, "lists a language twice"),
+        ({"TRANSCRIBER_LANGUAGES": "fr,de"}, "does not include TRANSCRIBER_LANGUAGE=en"),
+        (
+            {"TRANSCRIBER_LANGUAGES": "en,multi", "TRANSCRIBER_STT_PROVIDER": "speechmatics", "SPEECHMATICS_API_KEY": "k"},
+            "TRANSCRIBER_LANGUAGES' multi is only understood by deepgram",
+        ),
+        ({"TRANSCRIBER_TRANSLATION_PROVIDER": "google"}, "TRANSCRIBER_TRANSLATION_PROVIDER='google' is not one of"),
+        ({"TRANSCRIBER_TRANSLATION_PROVIDER": "deepl"}, "TRANSCRIBER_TRANSLATION_LANGUAGES is empty"),
+        ({"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr,de"}, "TRANSCRIBER_TRANSLATION_PROVIDER is not"),
+        ({"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr,multi", "TRANSCRIBER_TRANSLATION_PROVIDER": "deepl"}, "'multi', which is not"),
+        ({**TRANSLATE, "TRANSCRIBER_TRANSLATION_PROVIDER": "deepl"}, "DEEPL_API_KEY is not set"),
+        ({**TRANSLATE, "TRANSCRIBER_TRANSLATION_PROVIDER": "libretranslate"}, "LIBRETRANSLATE_URL is not set"),
+        ({**TRANSLATE, "TRANSCRIBER_TRANSLATION_PROVIDER": "openai"}, "TRANSLATION_LLM_URL is not set"),
+        (
+            {**TRANSLATE, "TRANSCRIBER_TRANSLATION_PROVIDER": "openai", "TRANSLATION_LLM_URL": "http://127.0.0.1:8000/v1"},
+            "TRANSLATION_LLM_MODEL is not set",
+        ),
+        ({"LIBRETRANSLATE_URL": "translate.example.org"}, "LIBRETRANSLATE_URL='translate.example.org' is not an http(s) URL"),
+        ({"DEEPL_URL": "ftp://api.deepl.com"}, "DEEPL_URL='ftp://api.deepl.com' is not an http(s) URL"),
+        ({"TRANSCRIBER_MAX_TRANSLATION_LANGUAGES": "0"}, "TRANSCRIBER_MAX_TRANSLATION_LANGUAGES='0' is not a count"),
+        ({"TRANSCRIBER_TRANSLATE_INTERIMS": "sometimes"}, "TRANSCRIBER_TRANSLATE_INTERIMS='sometimes' is not a boolean"),
+        ({"TRANSCRIBER_TRANSLATION_TIMEOUT": "0"}, "TRANSCRIBER_TRANSLATION_TIMEOUT=0 is out of range"),
+    ],
+)
+def test_bad_language_and_translation_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({**BASE, **env})
+    text = str(error.value)
+    assert message in text
+    assert "\n" not in text and ": " in text
 
 
 @pytest.mark.parametrize(

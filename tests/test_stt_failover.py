@@ -32,6 +32,8 @@ class Outage:
     attempts: int = 0
     connections: int = 0
     finals: list[str] = field(default_factory=list)
+    languages: list[str | None] = field(default_factory=list)
+    """The language each stream was asked for (None: not given)."""
 
 
 class FlakySTT(ToneSTT):
@@ -40,7 +42,12 @@ class FlakySTT(ToneSTT):
         self.outage = outage
 
     def stream(self, **kwargs) -> ToneStream:  # type: ignore[no-untyped-def]
-        return FlakyStream(stt=self, conn_options=kwargs["conn_options"])
+        self.outage.languages.append(kwargs.get("language") or None)
+        return FlakyStream(
+            stt=self,
+            conn_options=kwargs["conn_options"],
+            language=kwargs.get("language") or "en",
+        )
 
 
 class FlakyStream(ToneStream):
@@ -246,6 +253,49 @@ async def test_flush_calls_finalize_only_on_providers_whose_turns_end_there(
     assert await asyncio.wait_for(collected, 5) == ["hotel india"]
     assert ("<finalize>" in outage.finals) == bool(finalizing)
     await stream.aclose()
+
+
+
+async def test_every_provider_stream_of_a_track_keeps_its_language() -> None:
+    first, second = Outage(drop_after=1.0), Outage()
+    stream = failover(first=first, second=second).stream(language="fr")
+    collected = asyncio.create_task(
+        _languages_of_finals(stream)
+    )
+
+    async def break_first_for_good() -> None:
+        while first.drop_after is not None:
+            await asyncio.sleep(0.001)
+        first.refuse = True
+
+    breaker = asyncio.create_task(break_first_for_good())
+    await speak(stream, ["india", "juliet", "kilo"], realtime=0.2)
+    stream.end_input()
+    assert await collected == [("india juliet kilo", "fr")]
+    assert first.languages == ["fr", "fr"]  # the first stream and its reconnect
+    assert second.languages == ["fr"]  # the failover
+    await breaker
+    await stream.aclose()
+
+
+async def test_a_stream_without_language_leaves_each_provider_its_default() -> None:
+    only = Outage()
+    stream = failover(only=only).stream()
+    collected = asyncio.create_task(_languages_of_finals(stream))
+    await speak(stream, ["golf", "hotel"])
+    stream.end_input()
+    assert await collected == [("golf hotel", "en")]
+    assert only.languages == [None]
+    await stream.aclose()
+
+
+async def _languages_of_finals(stream: FailoverStream) -> list[tuple[str, str]]:
+    return [
+        (event.alternatives[0].text, event.alternatives[0].language)
+        async for event in stream
+        if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
+    ]
+
 
 
 def test_options_reject_nonsense() -> None:

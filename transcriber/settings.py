@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import overload
 
+from .languages import MULTI, is_language_code
+
 BUILTIN_PROVIDERS = ("local", "deepgram", "speechmatics")
 LEGACY_MODES = ("stable", "final", "updates")
 _PROVIDER_KEYS = {"deepgram": "DEEPGRAM_API_KEY", "speechmatics": "SPEECHMATICS_API_KEY"}
@@ -51,6 +53,32 @@ class SpeechmaticsSettings:
     """Additional vocabulary (product names, jargon)."""
 
 
+TRANSLATION_PROVIDERS = ("deepl", "libretranslate", "openai")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TranslationSettings:
+    provider: str = ""
+    """Empty: no translation. Else one of TRANSLATION_PROVIDERS."""
+    languages: tuple[str, ...] = ()
+    """The languages captions may be translated into (those participants read)."""
+    max_languages: int = 4
+    """Target languages per room at most, the most-read first."""
+    interims: bool = False
+    """Translate interim captions too (throttled): every request is billed."""
+    timeout: float = 5.0
+    """Seconds one translation request may take before it is skipped."""
+    deepl_api_key: str = field(default="", repr=False)
+    deepl_url: str = "https://api.deepl.com"
+    """https://api-free.deepl.com for a DeepL API Free key."""
+    libretranslate_url: str = ""
+    libretranslate_api_key: str = field(default="", repr=False)
+    llm_url: str = ""
+    """An OpenAI-compatible API base, e.g. https://api.openai.com/v1."""
+    llm_model: str = ""
+    llm_api_key: str = field(default="", repr=False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Settings:
     livekit_url: str
@@ -62,6 +90,8 @@ class Settings:
     """Ordered: the first is preferred, the others are failovers. A `module:factory`
     import path names a custom `stt.STT` factory (used by the tests and benchmarks)."""
     language: str = "en"
+    languages: tuple[str, ...] = ("en",)
+    """The languages participants may be transcribed in (their `language` attribute)."""
     deepgram_api_key: str = field(default="", repr=False)
     speechmatics_api_key: str = field(default="", repr=False)
     local_whisper_model: str = "tiny.en"
@@ -132,6 +162,7 @@ class Settings:
     """Prometheus /metrics port; 0 turns metrics off."""
     drain_timeout: float = 600.0
     """On SIGTERM, how long current rooms keep being captioned before the worker exits."""
+    translation: TranslationSettings = field(default_factory=TranslationSettings)
 
     def __post_init__(self) -> None:
         if self.vad_gating is None:
@@ -165,6 +196,7 @@ class Settings:
             agent_name=reader.agent_name("TRANSCRIBER_AGENT_NAME", default=cls.agent_name),
             stt_providers=providers,
             language=language,
+            languages=reader.languages("TRANSCRIBER_LANGUAGES", default=(language,)),
             deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
             local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", cls.local_whisper_model),
@@ -216,6 +248,7 @@ class Settings:
             ),
             metrics_port=reader.port("TRANSCRIBER_METRICS_PORT", default=cls.metrics_port),
             drain_timeout=reader.seconds("TRANSCRIBER_DRAIN_TIMEOUT", default=cls.drain_timeout),
+            translation=_translation_settings(reader),
         )
         _check(settings)
         return settings
@@ -265,10 +298,16 @@ def _read_speechmatics(reader: _EnvReader) -> SpeechmaticsSettings:
 
 def _check(settings: Settings) -> None:
     """What no single variable decides: combinations of them."""
-    providers = settings.stt_providers
-    if settings.language == "multi" and set(providers) & {"local", "speechmatics"}:
+    providers, language = settings.stt_providers, settings.language
+    if language not in settings.languages:
         raise SettingsError(
-            "TRANSCRIBER_LANGUAGE=multi is only understood by deepgram: "
+            f"TRANSCRIBER_LANGUAGES={','.join(settings.languages)!r} does not include "
+            f"TRANSCRIBER_LANGUAGE={language}: add it (it is the fallback for everyone)"
+        )
+    if MULTI in settings.languages and set(providers) & {"local", "speechmatics"}:
+        where = "TRANSCRIBER_LANGUAGE=multi" if language == MULTI else "TRANSCRIBER_LANGUAGES' multi"
+        raise SettingsError(
+            f"{where} is only understood by deepgram: "
             "use a language code such as en, or TRANSCRIBER_STT_PROVIDER=deepgram"
         )
     _check_gate(settings)
@@ -303,6 +342,62 @@ def _check_gate(settings: Settings) -> None:
         GateOptions(preroll=settings.gate_preroll, hangover=settings.gate_hangover)
     except ValueError as e:
         raise SettingsError(f"TRANSCRIBER_GATE_PREROLL: {e}") from None
+
+
+def _translation_settings(reader: _EnvReader) -> TranslationSettings:
+    provider = reader.choice(
+        "TRANSCRIBER_TRANSLATION_PROVIDER", default="none", choices=("none", *TRANSLATION_PROVIDERS)
+    )
+    provider = "" if provider == "none" else provider
+    languages = reader.languages("TRANSCRIBER_TRANSLATION_LANGUAGES", default=(), multi=False)
+    if bool(provider) != bool(languages):
+        if provider:
+            raise SettingsError(
+                f"TRANSCRIBER_TRANSLATION_PROVIDER={provider} but "
+                "TRANSCRIBER_TRANSLATION_LANGUAGES is empty: list the languages to translate "
+                "into, e.g. fr,de"
+            )
+        raise SettingsError(
+            "TRANSCRIBER_TRANSLATION_LANGUAGES is set but TRANSCRIBER_TRANSLATION_PROVIDER is not: "
+            f"use one of {', '.join(TRANSLATION_PROVIDERS)}"
+        )
+    translation = TranslationSettings(
+        provider=provider,
+        languages=languages,
+        max_languages=reader.count("TRANSCRIBER_MAX_TRANSLATION_LANGUAGES", default=4),
+        interims=reader.flag("TRANSCRIBER_TRANSLATE_INTERIMS", default=False),
+        timeout=reader.seconds("TRANSCRIBER_TRANSLATION_TIMEOUT", default=5.0),
+        deepl_api_key=reader.text("DEEPL_API_KEY"),
+        deepl_url=(reader.http_url("DEEPL_URL") or TranslationSettings.deepl_url).rstrip("/"),
+        libretranslate_url=reader.http_url("LIBRETRANSLATE_URL").rstrip("/"),
+        libretranslate_api_key=reader.text("LIBRETRANSLATE_API_KEY"),
+        llm_url=reader.http_url("TRANSLATION_LLM_URL").rstrip("/"),
+        llm_model=reader.text("TRANSLATION_LLM_MODEL"),
+        llm_api_key=reader.text("TRANSLATION_LLM_API_KEY"),
+    )
+    if translation.timeout <= 0 or translation.timeout > 60:
+        raise SettingsError(
+            f"TRANSCRIBER_TRANSLATION_TIMEOUT={translation.timeout:g} is out of range: "
+            "use more than 0 and at most 60 seconds"
+        )
+    required = {
+        "deepl": ("DEEPL_API_KEY", translation.deepl_api_key),
+        "libretranslate": ("LIBRETRANSLATE_URL", translation.libretranslate_url),
+        "openai": ("TRANSLATION_LLM_URL", translation.llm_url),
+    }
+    if provider:
+        name, value = required[provider]
+        if not value:
+            raise SettingsError(
+                f"{name} is not set but TRANSCRIBER_TRANSLATION_PROVIDER={provider}: "
+                f"set {name} in the environment or .env"
+            )
+    if provider == "openai" and not translation.llm_model:
+        raise SettingsError(
+            "TRANSLATION_LLM_MODEL is not set but TRANSCRIBER_TRANSLATION_PROVIDER=openai: "
+            "name the chat model, e.g. gpt-4o-mini"
+        )
+    return translation
 
 
 class _EnvReader:
@@ -399,6 +494,24 @@ class _EnvReader:
                 f"{name}={value!r} is not a URL: use wss://host/path (or ws:// for a local server)"
             )
         return value
+
+    def languages(
+        self, name: str, *, default: tuple[str, ...], multi: bool = True
+    ) -> tuple[str, ...]:
+        """Comma-separated lowercase ISO 639-1 codes (and Deepgram's `multi` if allowed)."""
+        value = self.text(name)
+        if not value:
+            return default
+        codes = tuple(c.strip() for c in value.split(",") if c.strip())
+        for code in codes:
+            if not (is_language_code(code) or (multi and code == MULTI)):
+                raise SettingsError(
+                    f"{name} has {code!r}, which is not a language code: "
+                    "list lowercase ISO 639-1 codes such as en,fr,de"
+                )
+        if len(set(codes)) != len(codes):
+            raise SettingsError(f"{name}={value!r} lists a language twice: list each once")
+        return codes
 
     def words(self, name: str) -> tuple[str, ...]:
         words = tuple(w.strip() for w in self.text(name).split(",") if w.strip())

@@ -128,7 +128,11 @@ class FailoverSTT(stt.STT):
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
         log_extra: dict[str, str] | None = None,
     ) -> FailoverStream:
-        return FailoverStream(self, conn_options=conn_options, log_extra=log_extra or {})
+        """`language` is the track's: every provider stream it opens, on reconnect or
+        failover too, is opened in it (not given: each provider's own default)."""
+        return FailoverStream(
+            self, conn_options=conn_options, log_extra=log_extra or {}, language=language
+        )
 
     async def aclose(self) -> None:
         for provider in self._warm:
@@ -176,12 +180,14 @@ class FailoverStream(stt.RecognizeStream):
         *,
         conn_options: APIConnectOptions,
         log_extra: dict[str, str],
+        language: NotGivenOr[str] = NOT_GIVEN,
     ) -> None:
         # retrying is ours (with replay): the base class must not retry around _run
         super().__init__(stt=failover, conn_options=dataclasses.replace(conn_options, max_retry=0))
         self._failover = failover
         self._opts = failover.options
         self._log_extra = log_extra
+        self.language = language
         self._buffer: collections.deque[_Buffered] = collections.deque()
         self._position = 0.0
         self._attempt: _Attempt | None = None
@@ -306,7 +312,7 @@ class FailoverStream(stt.RecognizeStream):
             self._conn_options, max_retry=0, timeout=self._opts.connect_timeout
         )
         provider = self._failover.factories[index]()
-        stream = provider.stream(conn_options=conn)
+        stream = provider.stream(language=self.language, conn_options=conn)
         base = self._buffer[0].position if self._buffer else self._position
         label = self._failover.health[index].label
         attempt = _Attempt(

@@ -83,7 +83,8 @@ def check_providers_installed(settings: Settings) -> None:
                 "understands: use a code such as en, fr or de"
             )
     if "local" in settings.stt_providers:
-        _check_local_model(settings.local_whisper_model, settings.language)
+        spoken = (settings.language, *(x for x in settings.languages if x != settings.language))
+        _check_local_model(settings.local_whisper_model, spoken)
     importlib.import_module("livekit.plugins.silero")
 
 
@@ -104,10 +105,10 @@ def _check_factory(path: str, settings: Settings) -> None:
         )
 
 
-def _check_local_model(model: str, language: str) -> None:
+def _check_local_model(model: str, languages: tuple[str, ...]) -> None:
     """A known model name is fine even if not downloaded yet (it downloads on first use),
     unless downloads are off (HF_HUB_OFFLINE, as in the image): then it must be cached. A
-    path must hold a readable model; an English-only model needs language en."""
+    path must hold a readable model; an English-only model needs every language to be en."""
     from faster_whisper.utils import available_models
     from livekit.plugins.local_whisper import ModelLoadError
     from livekit.plugins.local_whisper.backend import check_language, resolve_model
@@ -115,12 +116,19 @@ def _check_local_model(model: str, language: str) -> None:
     try:
         if model not in available_models() or os.environ.get("HF_HUB_OFFLINE"):
             path = resolve_model(model)
-            if language != "en" and _english_only(Path(path)):
-                raise SettingsError(
-                    f"LOCAL_WHISPER_MODEL={model!r} only understands English but "
-                    f"TRANSCRIBER_LANGUAGE={language!r}: use a multilingual model, or language en"
+            foreign = [language for language in languages if language != "en"]
+            if foreign and _english_only(Path(path)):
+                where = (
+                    f"TRANSCRIBER_LANGUAGE={foreign[0]!r}"
+                    if foreign[0] == languages[0]
+                    else f"TRANSCRIBER_LANGUAGES has {foreign[0]!r}"
                 )
-        check_language(model, language)
+                raise SettingsError(
+                    f"LOCAL_WHISPER_MODEL={model!r} only understands English but {where}: "
+                    "use a multilingual model, or language en"
+                )
+        for language in languages:
+            check_language(model, language)
     except ModelLoadError as e:
         raise SettingsError(str(e)) from None
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from livekit import rtc
 from livekit.agents import stt, utils
+from livekit.agents.types import NOT_GIVEN
 from livekit.agents.vad import VAD
 
 from . import metrics
@@ -90,8 +91,11 @@ class TrackPipeline:
         stt: FailoverSTT,
         vad: VAD,
         options: PipelineOptions,
+        language: str | None = None,
     ) -> None:
+        """`language`: what the speaker speaks (None: the STT's default)."""
         self._stt = stt
+        self._language = language
         self._opts = options
         self._log_extra = {
             "room": room.name,
@@ -111,6 +115,7 @@ class TrackPipeline:
         self._gate = SpeechGate(vad, options.gate) if options.gate is not None else None
         self._track_clock = _ArrivalClock()
         self._stream: FailoverStream | None = None
+        self._segments: dict[FailoverStream, SegmentTracker] = {}  # per open stream
         self._stream_clock = _ArrivalClock()
         self._consumers: set[asyncio.Task[None]] = set()
         self._failed = False
@@ -123,6 +128,21 @@ class TrackPipeline:
         if self._stream is not None:
             with contextlib.suppress(RuntimeError):
                 self._stream.flush()
+
+    def set_language(self, language: str) -> None:
+        """The speaker changed language. The segment in progress finishes in the old one
+        and the next opens a stream in the new one: right away when none is in progress,
+        else at that segment's final (`_consume`)."""
+        self._language = language
+        stream = self._stream
+        if stream is not None:
+            tracker = self._segments.get(stream)
+            if tracker is None or not tracker.segment_open:
+                self._end_stream_if_language_changed(stream)
+
+    def _end_stream_if_language_changed(self, stream: FailoverStream) -> None:
+        if stream is self._stream and (stream.language or None) != self._language:
+            self._end_stream()  # its last words still publish; new audio opens a new stream
 
     async def aclose(self) -> None:
         if self._closing is None:
@@ -190,7 +210,9 @@ class TrackPipeline:
         self._stream_clock.record(self._stream_clock.end + frame.duration, arrived)
 
     def _open_stream(self) -> None:
-        stream = self._stt.stream(log_extra=self._log_extra)
+        stream = self._stt.stream(
+            language=self._language or NOT_GIVEN, log_extra=self._log_extra
+        )
         self._stream = stream
         self._stream_clock = _ArrivalClock()
         task = asyncio.create_task(self._consume(stream, self._stream_clock), name="track-stt")
@@ -209,11 +231,14 @@ class TrackPipeline:
             speaker=self._speaker,
             emit=self._captions,
             wall_time=clock.wall_time,
-            language=self._opts.language,
+            language=stream.language or self._opts.language,
         )
+        self._segments[stream] = segments
         try:
             async for event in stream:
                 segments.on_speech_event(event)
+                if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    self._end_stream_if_language_changed(stream)
                 if event.alternatives and event.type in _CAPTIONS:
                     arrived = clock.at(event.alternatives[0].end_time)
                     if arrived is not None:
@@ -229,6 +254,7 @@ class TrackPipeline:
             if self._gate is not None:
                 self._gate.end_input()
         finally:
+            self._segments.pop(stream, None)
             segments.close_open_segment()
             self.finals += segments.finals
             if self._stream is stream:

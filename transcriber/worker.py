@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 from . import metrics
 from .caption_outputs import LegacyMode, LegacyOutput, TextStreamOutput
 from .caption_stream import CaptionSink
+from .languages import LanguagePolicy
 from .room_claim import RoomClaims, keep_room, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
@@ -34,6 +35,8 @@ from .stt_providers import SAMPLE_RATE, build_stt, load_vad, traits
 from .track_pipeline import PipelineOptions
 from .transcript_delivery import DeliveryOptions, TranscriptOutbox
 from .transcript_journal import TranscriptLimits, TranscriptSink
+from .translation import TranslationOptions, TranslationSink
+from .translators import build_translator
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +260,15 @@ async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink
                 ),
             )
         )
+    if (translator := build_translator(settings.translation)) is not None:
+        sinks.append(
+            TranslationSink(
+                room,
+                translator,
+                policy=language_policy(settings),
+                options=TranslationOptions(interims=settings.translation.interims),
+            )
+        )
     return sinks
 
 
@@ -280,6 +292,16 @@ def room_options(settings: Settings) -> RoomOptions:
         empty_room_timeout=settings.empty_room_timeout,
         max_tracks_per_room=settings.max_tracks_per_room,
         max_tracks_per_worker=settings.max_tracks,
+        languages=language_policy(settings),
+    )
+
+
+def language_policy(settings: Settings) -> LanguagePolicy:
+    return LanguagePolicy(
+        default=settings.language,
+        spoken=settings.languages,
+        translation=settings.translation.languages,
+        max_targets=settings.translation.max_languages,
     )
 
 
