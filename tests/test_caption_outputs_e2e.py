@@ -23,7 +23,7 @@ async def _meeting(livekit_server: LiveKitServer, worker, room_name: str, agent_
     speakers = [await Speaker(livekit_server, room_name, identity).join() for identity in who]
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in speakers))
+    await worker.wait_tracks(len(speakers))
     return listener, speakers
 
 

@@ -33,7 +33,7 @@ async def join_meeting(
     ]
     await dispatch(server, worker.agent_name, room)
     await wait_transcriber(server, room)
-    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in speakers))
+    await worker.wait_tracks(len(speakers))
     return listener, speakers
 
 
@@ -178,7 +178,7 @@ async def test_bad_language_attributes_fall_back_to_the_default_with_one_log_lin
         await person.join()
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.gather(*(worker.wait_captioning(p.track_sid) for p in people))
+    await worker.wait_tracks(len(people))
     await asyncio.gather(*(say(p, ["kilo", "lima"], tmp_path) for p in people))
     for person in people:
         await say(person, ["mike", "oscar"], tmp_path)

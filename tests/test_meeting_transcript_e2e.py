@@ -22,7 +22,7 @@ async def start_meeting(server: LiveKitServer, worker, room: str, agent_name: st
     speakers = [await Speaker(server, room, identity).join() for identity in who]
     await dispatch(server, agent_name, room)
     await wait_transcriber(server, room)
-    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in speakers))
+    await worker.wait_tracks(len(speakers))
     return listener, speakers
 
 

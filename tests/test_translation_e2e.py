@@ -69,7 +69,7 @@ class Meeting:
     async def start(self, worker, agent_name: str) -> None:  # type: ignore[no-untyped-def]
         await dispatch(self.server, agent_name, self.room)
         await wait_transcriber(self.server, self.room)
-        await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in self.speakers.values()))
+        await worker.wait_tracks(len(self.speakers))
 
     async def say(self, speaker: Speaker, words: list[str], pause: float = 0.8) -> None:
         wav = self.tmp_path / f"{speaker.identity}-{'-'.join(words)}-{pause}.wav"
