@@ -157,3 +157,40 @@ async def test_the_finals_of_a_killed_writer_are_delivered_once(tmp_path: Path) 
     assert [s["text"] for s in webhook.received[0].json["segments"]] == [
         f"sentence {i}" for i in range(4)
     ]
+
+
+async def test_translations_published_for_a_room_land_in_its_transcript_per_language(
+    tmp_path: Path,
+) -> None:
+    from transcriber.captions import Caption
+    from transcriber.transcript_journal import TranscriptLimits, TranscriptSink
+
+    sink = TranscriptSink(
+        tmp_path / "journal",
+        room="standup",
+        room_sid="RM_1",
+        started_at=START,
+        limits=TranscriptLimits(max_finals=100, max_bytes=10_000),
+    )
+    original = Caption(
+        segment_id="SG_1", speaker_identity="alice", speaker_name="Alice", track_sid="TR_1",
+        language="en", final=True, start=START + 1, end=START + 2, text="alpha bravo",
+    )
+    await sink.on_caption(original)
+    await asyncio.gather(
+        sink.add_translation("fr", original, "un deux"),
+        sink.add_translation("de", original, "eins zwei"),
+    )
+    await sink.aclose()
+    webhook = await WebhookServer(KEY, SECRET).start()
+    box = outbox(tmp_path, webhook=webhook, files=False)
+    await box.deliver_ready()
+    await box.aclose()
+    await webhook.stop()
+    data = webhook.received[0].json
+    assert [s["text"] for s in data["segments"]] == ["alpha bravo"]
+    assert {lang: [(t["source_id"], t["language"], t["text"]) for t in items]
+            for lang, items in data["translations"].items()} == {
+        "fr": [("SG_1", "fr", "un deux")],
+        "de": [("SG_1", "de", "eins zwei")],
+    }

@@ -30,6 +30,8 @@ class TranscriptSegment:
     end: float
     """Wall-clock seconds (Unix time)."""
     text: str
+    source_id: str = ""
+    """For a translation: the original's segment id."""
 
     @classmethod
     def from_caption(cls, caption: Caption) -> TranscriptSegment:
@@ -55,6 +57,8 @@ class Transcript:
     started_at: float
     ended_at: float
     segments: list[TranscriptSegment] = field(default_factory=list)
+    translations: dict[str, list[TranscriptSegment]] = field(default_factory=dict)
+    """Target language → the finals translated into it, as published."""
 
     @property
     def file_stem(self) -> str:
@@ -63,24 +67,30 @@ class Transcript:
         return f"{room}-{_utc(self.started_at).strftime('%Y%m%dT%H%M%SZ')}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "room": self.room,
             "room_sid": self.room_sid,
             "started_at": _iso(self.started_at),
             "ended_at": _iso(self.ended_at),
-            "segments": [
-                {
-                    "id": s.id,
-                    "speaker_identity": s.speaker_identity,
-                    "speaker_name": s.speaker_name,
-                    "track_sid": s.track_sid,
-                    "language": s.language,
-                    "start": round(max(0.0, s.start - self.started_at), 3),
-                    "end": round(max(0.0, s.end - self.started_at), 3),
-                    "text": s.text,
-                }
-                for s in self.segments
-            ],
+            "segments": [self._json_segment(s) for s in self.segments],
+        }
+        if self.translations:
+            data["translations"] = {
+                language: [{"source_id": s.source_id, **self._json_segment(s)} for s in items]
+                for language, items in self.translations.items()
+            }
+        return data
+
+    def _json_segment(self, s: TranscriptSegment) -> dict[str, Any]:
+        return {
+            "id": s.id,
+            "speaker_identity": s.speaker_identity,
+            "speaker_name": s.speaker_name,
+            "track_sid": s.track_sid,
+            "language": s.language,
+            "start": round(max(0.0, s.start - self.started_at), 3),
+            "end": round(max(0.0, s.end - self.started_at), 3),
+            "text": s.text,
         }
 
     def to_json_text(self) -> str:

@@ -10,6 +10,7 @@ outbox (`transcript_delivery`) delivers a journal once nobody holds it. Files ar
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import json
 import logging
@@ -23,6 +24,7 @@ from typing import IO, Any
 from .caption_stream import CaptionSink
 from .captions import Caption
 from .transcript import Transcript, TranscriptSegment
+from .translation import translated_segment_id
 
 logger = logging.getLogger("transcriber.transcript_journal")
 
@@ -60,6 +62,9 @@ class TranscriptJournal:
     def append(self, segment: TranscriptSegment) -> None:
         self._write({"type": "final", **segment.to_dict()})
 
+    def append_translation(self, segment: TranscriptSegment) -> None:
+        self._write({"type": "translation", **segment.to_dict()})
+
     def end(self, ended_at: float) -> None:
         """The meeting is over for this transcriber: the outbox may deliver it now."""
         self._write({"type": "end", "ended_at": ended_at})
@@ -92,6 +97,9 @@ def read_journal(path: Path) -> Transcript:
                 )
             elif kind == "final" and transcript is not None:
                 transcript.segments.append(TranscriptSegment(**record))
+            elif kind == "translation" and transcript is not None:
+                segment = TranscriptSegment(**record)
+                transcript.translations.setdefault(segment.language, []).append(segment)
             elif kind == "end" and transcript is not None:
                 transcript.ended_at = float(record["ended_at"])
     if transcript is None:
@@ -123,11 +131,28 @@ class TranscriptSink(CaptionSink):
         self._finals = 0
         self._bytes = 0
         self._full = False
+        self._lock = asyncio.Lock()
 
     async def on_caption(self, caption: Caption) -> None:
-        if not caption.final or self._full:
-            return
-        size = len(caption.text.encode())
+        if caption.final and self._fits(caption.text):
+            await self._write(TranscriptSegment.from_caption(caption), translation=False)
+
+    async def add_translation(self, target: str, original: Caption, text: str) -> None:
+        """A final's translation, as the translation output published it."""
+        if self._fits(text):
+            segment = dataclasses.replace(
+                TranscriptSegment.from_caption(original),
+                id=translated_segment_id(original.segment_id, target),
+                source_id=original.segment_id,
+                language=target,
+                text=text,
+            )
+            await self._write(segment, translation=True)
+
+    def _fits(self, text: str) -> bool:
+        if self._full:
+            return False
+        size = len(text.encode())
         if self._finals >= self._limits.max_finals or self._bytes + size > self._limits.max_bytes:
             self._full = True
             logger.warning(
@@ -137,19 +162,27 @@ class TranscriptSink(CaptionSink):
                 self._limits.max_bytes,
                 extra={"room": self._room},
             )
-            return
+            return False
         self._finals += 1
         self._bytes += size
-        await asyncio.to_thread(self._append, TranscriptSegment.from_caption(caption))
+        return True
 
-    def _append(self, segment: TranscriptSegment) -> None:
+    async def _write(self, segment: TranscriptSegment, *, translation: bool) -> None:
+        async with self._lock:  # originals and translations come from two tasks
+            await asyncio.to_thread(self._append, segment, translation)
+
+    def _append(self, segment: TranscriptSegment, translation: bool) -> None:
         if self._journal is None:
             self._journal = TranscriptJournal.create(
                 self._directory, room=self._room, room_sid=self._room_sid, started_at=self._started_at
             )
-        self._journal.append(segment)
+        if translation:
+            self._journal.append_translation(segment)
+        else:
+            self._journal.append(segment)
 
     async def aclose(self) -> None:
-        if self._journal is not None:
-            await asyncio.to_thread(self._journal.end, time.time())
-            self._journal = None
+        async with self._lock:
+            if self._journal is not None:
+                await asyncio.to_thread(self._journal.end, time.time())
+                self._journal = None

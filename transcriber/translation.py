@@ -81,8 +81,12 @@ class TranslationSink(CaptionSink):
         *,
         policy: LanguagePolicy,
         options: TranslationOptions | None = None,
+        on_translated: Callable[[str, Caption, str], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_translated(target, original, text)` is awaited for each final translation
+        published (the transcript keeps them)."""
         self._room = room
+        self._on_translated = on_translated
         self._translator = translator
         self._policy = policy
         self._opts = options or TranslationOptions()
@@ -129,6 +133,8 @@ class TranslationSink(CaptionSink):
         readers = self.audience().get(target, [])
         if readers and text.strip():
             await self._publish(target, caption, text.strip(), readers)
+            if caption.final and self._on_translated is not None:
+                await self._on_translated(target, caption, text.strip())
 
     async def _publish(self, target: str, caption: Caption, text: str, readers: list[str]) -> None:
         if not self._room.isconnected():

@@ -247,9 +247,9 @@ async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink
                 started_at=started_at,
             )
         )
+    transcript: TranscriptSink | None = None
     if settings.transcript_enabled:
-        sinks.append(
-            TranscriptSink(
+        transcript = TranscriptSink(
                 settings.journal_path,
                 room=room.name,
                 room_sid=await room.sid,
@@ -259,7 +259,7 @@ async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink
                     max_bytes=settings.transcript_max_bytes,
                 ),
             )
-        )
+        sinks.append(transcript)
     if (translator := build_translator(settings.translation)) is not None:
         sinks.append(
             TranslationSink(
@@ -267,6 +267,7 @@ async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink
                 translator,
                 policy=language_policy(settings),
                 options=TranslationOptions(interims=settings.translation.interims),
+                on_translated=transcript.add_translation if transcript is not None else None,
             )
         )
     return sinks
