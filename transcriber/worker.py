@@ -27,6 +27,7 @@ from .speech_gate import GateOptions
 from .status_server import StatusServer
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad
 from .track_pipeline import PipelineOptions
+from .vad_batcher import load_gate_vad
 
 logger = logging.getLogger("transcriber.worker")
 
@@ -110,7 +111,7 @@ def prewarm(proc: JobProcess) -> None:
     stt = build_stt(settings, vad=vad)
     stt.prewarm()
     proc.userdata["settings"] = settings
-    proc.userdata["vad"] = vad
+    proc.userdata["gate_vad"] = load_gate_vad()
     proc.userdata["stt"] = stt
 
 
@@ -135,7 +136,7 @@ async def entrypoint(ctx: JobContext) -> None:
     manager = RoomManager(
         ctx.room,
         ctx.proc.userdata["stt"],
-        ctx.proc.userdata["vad"],
+        ctx.proc.userdata["gate_vad"],
         room_options(settings),
         on_empty=lambda: ctx.shutdown("room empty"),
         worker_tracks=active_tracks_in_worker,
