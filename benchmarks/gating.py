@@ -297,6 +297,14 @@ async def scrape(port: int) -> dict[str, float]:
     return out
 
 
+async def scrape_soon(port: int) -> dict[str, float]:
+    """`scrape`, counting an error (a job process starting up) as nothing active yet."""
+    try:
+        return await scrape(port)
+    except OSError:  # urllib's HTTPError and URLError included
+        return {"sent": 0.0, "active_tracks": 0.0}
+
+
 def quantile(values: list[float], q: float) -> float | None:
     return round(float(np.quantile(values, q)), 3) if values else None
 
@@ -683,7 +691,7 @@ async def run_once(
                 api.CreateAgentDispatchRequest(agent_name=agent_name, room=room_name)
             )
         deadline = time.monotonic() + 60
-        while (await scrape(metrics_port))["active_tracks"] < len(sources):
+        while (await scrape_soon(metrics_port))["active_tracks"] < len(sources):
             if time.monotonic() > deadline:
                 raise RuntimeError(
                     f"worker did not caption every track:\n{worker_log.read_text()[-3000:]}"
