@@ -1,27 +1,31 @@
-"""Capacity of the transcriber against LiveKit's per-participant AgentSession pattern.
+"""Capacity of the transcriber against LiveKit's per-participant AgentSession pattern and
+against the floor: what receiving the audio alone costs on the same SDK.
 
-    python -m benchmarks.capacity --json capacity.json            # full run, <= ~20 min
-    python -m benchmarks.capacity --quick --json capacity.json    # smoke run, ~2-3 min
-    python -m benchmarks.capacity --gating --json capacity.json   # also ours with VAD gating
+    python -m benchmarks.capacity --json capacity.json            # full run, ~40 min
+    python -m benchmarks.capacity --quick --json capacity.json    # smoke run, ~10 min
+    python -m benchmarks.capacity --designs ours,floor --rooms-ramp 0 --json c.json
     python -m benchmarks.capacity --from-json capacity.json --json again.json  # re-summarize
 
 Everything runs on this machine against the real LiveKit server (tests/livekit_server.py):
 
 - designs, each its own worker process tree, one after the other:
   `ours` = `python -m transcriber start` (TRANSCRIBER_VAD_GATING=false, so STT-for-STT);
-  `baseline` = `python -m benchmarks.baseline_worker start` (LiveKit's multi-user
-  transcriber: an AgentSession + RoomIO per participant, see that module);
-  `ours_gated` (with --gating) = ours with TRANSCRIBER_VAD_GATING=true.
-  Both use `benchmarks.fast_stt`, a real `stt.STT` that costs next to nothing, so the
-  numbers are the transcriber's, not a recognizer's.
-- this process is the load generator: R rooms (--rooms, 1), each with a listener
-  (`bench-listener-*`, reads `lk.transcription` text streams like a web client), an echo
-  (`bench-echo-*`, below) and P speakers. A speaker publishes a microphone track at 48 kHz,
-  in real time, looping over the synthetic meeting sentences of tests/speech_clips.py;
-  before each sentence it puts a 180 ms timecode (fast_stt.marker_audio) in the silence,
-  and it records when each 100 ms frame left its audio source. fast_stt tags every caption
-  with the timecode and the audio offset it was emitted on, so the listener (same process,
-  same clock) knows when the captioned audio was sent.
+  `ours_gated` = ours with TRANSCRIBER_VAD_GATING=true (the speech gate's VAD on every
+  track); `baseline` = `python -m benchmarks.baseline_worker start` (LiveKit's multi-user
+  transcriber: an AgentSession + RoomIO per participant, see that module); `floor` =
+  `python -m benchmarks.floor_worker start` (subscribes and reads every track as we do,
+  drops the frames: the SDK's receive path and nothing else).
+  Ours and the baseline use `benchmarks.fast_stt`, a real `stt.STT` that costs next to
+  nothing, so the numbers are the transcriber's, not a recognizer's.
+- speakers: `benchmarks.opus_publisher` encodes the speech program once (every meeting
+  sentence of tests/speech_clips.py, a 180 ms fast_stt timecode before each) to Ogg Opus
+  and a Go program (benchmarks/publisher, server-sdk-go) publishes it looped, one
+  participant per track, each from another sentence, at real-time pace without encoding:
+  its CPU per track is reported (`publisher_cpu_per_track`). fast_stt tags every caption
+  with the timecode and the audio offset it was emitted on, and a track's packets leave
+  on a fixed 20 ms schedule, so the listener knows when the captioned audio was sent.
+- this process: per room a listener (`bench-listener-*`, reads `lk.transcription` text
+  streams like a web client) and an echo (`bench-echo-*`, below).
 
 For each design the load ramps over --levels concurrent speaking tracks (4, 8, 16, ...),
 spread over the rooms; at each level, after a warm-up, a window of --window seconds is
@@ -65,10 +69,13 @@ measured:
   machine swings the transport alone from under 200 ms to over 800 ms), latency grew by
   <= 250 ms from the first to the last third of the window (a worker behind real time
   falls further behind), every track was captioned, <= 2% of the sentences lacked
-  a caption, and the load generator itself kept up (under 0.85 core, loop lag p95 under
-  100 ms; past that the level says more about this process than the worker). The knee is the
+  a caption, and the load generator kept up (this process and the publisher each under
+  0.85 core, loop lag p95 under 100 ms). The floor captions nothing: it holds while its
+  frames keep to real time (frame delay p95 <= 500 ms, see floor_worker). The knee is the
   last level held; the ramp stops at the first level that did not hold in two windows
-  in a row (the machine is shared, one bad window is not a knee).
+  in a row (the machine is shared, one bad window is not a knee). Every design ramps in
+  one room, then again with the tracks spread over 4 rooms (--rooms-ramp), so several job
+  processes share the cores: `knee_tracks_<design>` and `knee_tracks_<design>_4rooms`.
 
 Where the CPU goes: each thread of the worker tree is put in a group, `loop` (the main
 threads: the job's Python work), `sdk` (the rtc SDK's Rust runtime, which also runs the
@@ -85,12 +92,12 @@ The reference level for the ratios is the highest level both designs held (else 
 first level). Ratios are ours / baseline, measured in the same run: the machine is
 shared and small, so absolute numbers are noisy but ratios are comparable.
 
-The load generator narrows the FFI event subscription of each speaker's Room to that
-room's own events once it has published (`_narrow_room_events`): the livekit rtc SDK
-delivers every room event to every Room of a process, which with 40 speakers in one
-process costs the load generator more than the worker under test.
+The listener narrows the FFI event subscription of its Room to that room's own events
+(`_narrow_room_events`): the livekit rtc SDK delivers every room event to every Room of a
+process.
 
-Every process started here (LiveKit server, workers) is stopped on exit, Ctrl-C included.
+Every process started here (LiveKit server, workers, publishers) is stopped on exit,
+Ctrl-C included; a publisher also stops when this process's end closes its stdin.
 """
 
 from __future__ import annotations
@@ -120,7 +127,15 @@ from livekit.agents.types import (
 
 from benchmarks import fast_stt
 from benchmarks.opus_publisher import PACKET, LoopedSpeaker, PublisherProcess, build_program
-from benchmarks.process_tree import cpu_between, process_tree, tree_cpu
+from benchmarks.process_tree import (
+    cores_by_group,
+    cpu_between,
+    process_cpu,
+    room_processes,
+    tree_cpu,
+    tree_memory,
+    tree_thread_cpu,
+)
 from tests.conftest import WorkerProcess
 from tests.livekit_server import ROOT, LiveKitServer, free_port
 from tests.speech_clips import all_clips
@@ -337,79 +352,6 @@ _WORKERS: list[WorkerProcess] = []
 _STOPPING: list[bool] = []
 """Non-empty once Ctrl-C or SIGTERM arrived (checked between levels and designs too, in
 case a library swallows the cancellation)."""
-
-
-THREAD_GROUPS = ("loop", "sdk", "webrtc")
-
-
-def _thread_group(process: psutil.Process, thread_id: int) -> str:
-    """`loop`: a process's main thread, its event loop (the job's Python work); `sdk`: the
-    rtc SDK's Rust runtime (audio streams, resampling, and the FFI callback that hands
-    each event to Python); `webrtc`: the rest (audio decoding driven every 10 ms by the
-    audio device thread, networking)."""
-    if thread_id == process.pid:
-        return "loop"
-    try:
-        name = Path(f"/proc/{process.pid}/task/{thread_id}/comm").read_text().strip()
-    except OSError:
-        name = ""
-    return "sdk" if name.startswith("tokio-rt") else "webrtc"
-
-
-def tree_thread_cpu(pid: int) -> dict[tuple[int, int], tuple[str, float]]:
-    """(pid, thread id) -> (group, CPU seconds so far) for every thread of the tree."""
-    seconds = {}
-    for p in process_tree(pid):
-        try:
-            for thread in p.threads():
-                group = _thread_group(p, thread.id)
-                seconds[(p.pid, thread.id)] = (group, thread.user_time + thread.system_time)
-        except psutil.NoSuchProcess:
-            pass
-    return seconds
-
-
-def cores_by_group(
-    before: dict[tuple[int, int], tuple[str, float]],
-    after: dict[tuple[int, int], tuple[str, float]],
-    seconds: float,
-) -> dict[str, float]:
-    cores = dict.fromkeys(THREAD_GROUPS, 0.0)
-    for key, (group, cpu) in after.items():
-        cores[group] += cpu - before.get(key, (group, 0.0))[1]
-    return {group: round(value / seconds, 4) for group, value in cores.items()}
-
-
-def room_processes(pid: int, server: LiveKitServer) -> set[int]:
-    """The worker's main process and its job processes (those connected to the server).
-    Left out: the forkserver and idle processes, whose private memory shrinks whenever
-    the forkserver forks a new idle process (pages become shared), whatever the tracks."""
-    port = int(server.url.rsplit(":", 1)[1])
-    counted = {pid}
-    for p in process_tree(pid)[1:]:
-        try:
-            if any(c.raddr and c.raddr.port == port for c in p.net_connections(kind="tcp")):
-                counted.add(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return counted
-
-
-def tree_memory(pid: int) -> dict[int, tuple[float, float]]:
-    """pid -> (PSS, USS) in MB for every process of the tree (RSS for both where the
-    kernel does not give PSS)."""
-    memory = {}
-    for p in process_tree(pid):
-        try:
-            try:
-                info = p.memory_full_info()
-                memory[p.pid] = (info.pss / 2**20, info.uss / 2**20)
-            except (psutil.AccessDenied, AttributeError):
-                rss = p.memory_info().rss / 2**20
-                memory[p.pid] = (rss, rss)
-        except psutil.NoSuchProcess:
-            pass
-    return memory
 
 
 # ------------------------------------------------------------------------ measures
@@ -829,11 +771,19 @@ class DesignRun:
         window = Window(tracks=tracks)
         pid = self.worker.process.pid
         t0 = time.monotonic()
-        cpu0, server0, loadgen0 = tree_cpu(pid), _cpu(self.server_proc), _cpu(self.loadgen)
+        cpu0, server0, loadgen0 = (
+            tree_cpu(pid),
+            process_cpu(self.server_proc),
+            process_cpu(self.loadgen),
+        )
         publishers0 = {id(p): p.cpu_seconds() for p in self.publishers}
         threads0 = tree_thread_cpu(pid)
         await asyncio.sleep(seconds)
-        cpu1, server1, loadgen1 = tree_cpu(pid), _cpu(self.server_proc), _cpu(self.loadgen)
+        cpu1, server1, loadgen1 = (
+            tree_cpu(pid),
+            process_cpu(self.server_proc),
+            process_cpu(self.loadgen),
+        )
         publishers1 = {id(p): p.cpu_seconds() for p in self.publishers}
         threads1 = tree_thread_cpu(pid)
         t1 = time.monotonic()
@@ -893,14 +843,6 @@ class DesignRun:
             await self.loop_lag.aclose()
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-
-
-def _cpu(process: psutil.Process) -> float:
-    try:
-        t = process.cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-    except psutil.NoSuchProcess:
-        return 0.0
 
 
 def _sentences() -> list[np.ndarray]:
@@ -1183,7 +1125,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--window", type=float, default=0.0, help="seconds measured per level")
     parser.add_argument(
-        "--budget", type=float, default=0.0, help="seconds per ramp (240; --quick 85)"
+        "--budget", type=float, default=0.0, help="seconds per ramp (240; --quick 150)"
     )
     parser.add_argument(
         "--repeat",
@@ -1211,7 +1153,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def make_plan(args: argparse.Namespace) -> tuple[Plan, float]:
     if args.quick:
-        levels, window, budget = (2, 4), 8.0, 85.0
+        levels, window, budget = (2, 4), 8.0, 150.0
     else:
         levels, window, budget = (2, 4, 6, 8, 10, 12, 16, 20, 24), 15.0, 240.0
     if args.levels:

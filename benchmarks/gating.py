@@ -85,7 +85,7 @@ from livekit import api, rtc
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.process_tree import cpu_between, tree_cpu
-from tests.conftest import worker_env
+from tests.conftest import WorkerProcess, worker_env
 from tests.livekit_server import ROOT, LiveKitServer, free_port
 from tests.participants import CaptionListener
 from tests.speech_clips import all_clips, noise, normalize_words
@@ -237,7 +237,13 @@ def _stop(process: subprocess.Popen[bytes], grace: float = 15.0) -> None:
         _PROCESSES.remove(process)
 
 
+_WORKERS: list[WorkerProcess] = []
+"""The transcriber workers, run as the tests run them (tests.conftest.WorkerProcess)."""
+
+
 def _stop_all() -> None:
+    for worker in _WORKERS:
+        worker.stop()
     for process in list(_PROCESSES):
         _stop(process, grace=5.0)
 
@@ -641,7 +647,7 @@ async def run_once(
     label = "gated" if gating else "ungated"
     result = RunResult(gating=gating)
     fake = FakeDeepgramProcess(workdir)
-    worker: subprocess.Popen[bytes] | None = None
+    worker: WorkerProcess | None = None
     rooms: list[rtc.Room] = []
     listener: CaptionListener | None = None
     room_name = f"gating-{label}-{uuid.uuid4().hex[:6]}"
@@ -665,12 +671,9 @@ async def run_once(
             PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         )
         worker_log = workdir / "worker.log"
-        worker = _spawn([sys.executable, "-m", "transcriber", "start"], env, worker_log)
-        deadline = time.monotonic() + 90
-        while "registered worker" not in worker_log.read_text(errors="replace"):
-            if worker.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not register:\n{worker_log.read_text()[-3000:]}")
-            await asyncio.sleep(0.2)
+        worker = WorkerProcess(env, worker_log)
+        _WORKERS.append(worker)
+        await asyncio.to_thread(worker.wait_registered, 90.0)
 
         listener = await CaptionListener(server, room_name, identity="listener").join()
         sources: dict[str, rtc.AudioSource] = {}
@@ -700,7 +703,11 @@ async def run_once(
         await asyncio.sleep(1.0)
 
         # the meeting, in real time
-        procs = {"worker": worker.pid, "fake": fake.process.pid, "livekit": server.process.pid}
+        procs = {
+            "worker": worker.process.pid,
+            "fake": fake.process.pid,
+            "livekit": server.process.pid,
+        }
         me = psutil.Process()
         billed0 = (await fake.state())["billed_seconds"]
         metric0 = (await scrape(metrics_port))["sent"]
@@ -804,7 +811,7 @@ async def run_once(
                     )
             except Exception:
                 pass
-            await asyncio.to_thread(_stop, worker)
+            await asyncio.to_thread(worker.stop)
         for room in rooms:
             try:
                 await asyncio.wait_for(room.disconnect(), 5)
