@@ -716,7 +716,8 @@ class DesignRun:
                 await lkapi.agent_dispatch.create_dispatch(
                     api.CreateAgentDispatchRequest(agent_name=self.agent_name, room=room.name)
                 )
-            deadline = time.monotonic() + 90  # a crowded machine starts job processes slowly
+            # a crowded machine starts job processes slowly, one per room
+            deadline = time.monotonic() + 60 + 30 * len(self.rooms)
             waiting = {room.name for room in self.rooms}
             while waiting and time.monotonic() < deadline:
                 for name in list(waiting):
@@ -960,22 +961,7 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
         "knee_ours_limited_by": _limit(ours),
         "knee_baseline_limited_by": _limit(base),
     }
-    floor = summary.get("floor")
-    floor_cpu = floor["cpu_per_track"] if isinstance(floor, dict) else None
-    gated = summary.get("ours_gated")
-    gated_cpu = gated["cpu_per_track"] if isinstance(gated, dict) else None
-    result["floor_cpu_per_track"] = floor_cpu
-    result["cpu_over_floor"] = ratio(o["cpu_per_track"], floor_cpu)
-    result["cpu_over_floor_gated"] = ratio(gated_cpu, floor_cpu)
-    result["publisher_cpu_per_track"] = publisher_per_track(results)
-    for name, design in results.items():
-        if name not in ("ours", "baseline"):
-            result[f"knee_tracks_{name}"] = design.knee
-    if "ours_gated" in summary:
-        variant = summary["ours_gated"]
-        assert isinstance(variant, dict)
-        result["cpu_ratio_gated"] = ratio(variant["cpu_per_track"], b["cpu_per_track"])
-        result["mem_ratio_gated"] = ratio(variant["memory_mb_per_track"], b["memory_mb_per_track"])
+    result.update(floor_and_knees(results, summary))
     knee_floor = results["floor"].knee if "floor" in results else None
     four = {n: results[n + ROOMS_SUFFIX].knee for n in DESIGNS if n + ROOMS_SUFFIX in results}
     cpu_over_floor = result["cpu_over_floor"]
@@ -1003,6 +989,38 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
         ),
     }
     result["designs"] = summary
+    return result
+
+
+def floor_and_knees(
+    results: dict[str, DesignResult], summary: dict[str, object]
+) -> dict[str, object]:
+    """The keys against the floor, the gated variant's ratios and every ramp's knee."""
+    b = summary["baseline"]
+    assert isinstance(b, dict)
+    o = summary["ours"]
+    assert isinstance(o, dict)
+    result: dict[str, object] = {}
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b not in (None, 0) else None
+
+    floor = summary.get("floor")
+    floor_cpu = floor["cpu_per_track"] if isinstance(floor, dict) else None
+    gated = summary.get("ours_gated")
+    gated_cpu = gated["cpu_per_track"] if isinstance(gated, dict) else None
+    result["floor_cpu_per_track"] = floor_cpu
+    result["cpu_over_floor"] = ratio(o["cpu_per_track"], floor_cpu)
+    result["cpu_over_floor_gated"] = ratio(gated_cpu, floor_cpu)
+    result["publisher_cpu_per_track"] = publisher_per_track(results)
+    for name, design in results.items():
+        if name not in ("ours", "baseline"):
+            result[f"knee_tracks_{name}"] = design.knee
+    if "ours_gated" in summary:
+        variant = summary["ours_gated"]
+        assert isinstance(variant, dict)
+        result["cpu_ratio_gated"] = ratio(variant["cpu_per_track"], b["cpu_per_track"])
+        result["mem_ratio_gated"] = ratio(variant["memory_mb_per_track"], b["memory_mb_per_track"])
     return result
 
 
