@@ -963,7 +963,11 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
     }
     result.update(floor_and_knees(results, summary))
     knee_floor = results["floor"].knee if "floor" in results else None
-    four = {n: results[n + ROOMS_SUFFIX].knee for n in DESIGNS if n + ROOMS_SUFFIX in results}
+    four = {
+        n: results[n + ROOMS_SUFFIX].knee
+        for n in DESIGNS
+        if n + ROOMS_SUFFIX in results and results[n + ROOMS_SUFFIX].levels
+    }
     cpu_over_floor = result["cpu_over_floor"]
     cpu_over_floor_gated = result["cpu_over_floor_gated"]
     mem_ratio = result["mem_ratio"]
@@ -979,7 +983,10 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
         "knee_ours>=0.9x_floor": knee_floor is not None and ours.knee >= 0.9 * knee_floor,
         "knee_ours>=1.25x_baseline": ours.knee >= 1.25 * base.knee and ours.knee > 0,
         "knee_ours_4rooms>=0.9x_floor_4rooms": (
-            "ours" in four and "floor" in four and four["ours"] >= 0.9 * four["floor"]
+            "ours" in four
+            and "floor" in four
+            and four["ours"] >= 0.9 * four["floor"]
+            and four["ours"] > 0
         ),
         "knee_ours_4rooms>=1.25x_baseline_4rooms": (
             "ours" in four
@@ -1014,8 +1021,8 @@ def floor_and_knees(
     result["cpu_over_floor_gated"] = ratio(gated_cpu, floor_cpu)
     result["publisher_cpu_per_track"] = publisher_per_track(results)
     for name, design in results.items():
-        if name not in ("ours", "baseline"):
-            result[f"knee_tracks_{name}"] = design.knee
+        if name not in ("ours", "baseline"):  # None: the ramp measured no level at all
+            result[f"knee_tracks_{name}"] = design.knee if design.levels else None
     if "ours_gated" in summary:
         variant = summary["ours_gated"]
         assert isinstance(variant, dict)
