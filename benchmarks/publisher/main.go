@@ -3,7 +3,8 @@
 // generator. It reads a JSON plan on stdin, prints one JSON line per published track
 // ({"track": i, "start_unix_ns": ...}: when the clip's first packet was sent), then
 // {"ready": true}, and at the end {"cpu_s": ..., "wall_s": ..., "tracks": ...}. It stops
-// when stdin closes, on SIGTERM, or after the plan's duration_s.
+// when stdin closes, on SIGTERM, or after the plan's duration_s. With
+// PUBLISHER_CPUPROFILE=path it writes a Go CPU profile there (where its own CPU goes).
 package main
 
 import (
