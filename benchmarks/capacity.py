@@ -1,27 +1,31 @@
-"""Capacity of the transcriber against LiveKit's per-participant AgentSession pattern.
+"""Capacity of the transcriber against LiveKit's per-participant AgentSession pattern and
+against the floor: what receiving the audio alone costs on the same SDK.
 
-    python -m benchmarks.capacity --json capacity.json            # full run, <= ~20 min
-    python -m benchmarks.capacity --quick --json capacity.json    # smoke run, ~2-3 min
-    python -m benchmarks.capacity --gating --json capacity.json   # also ours with VAD gating
+    python -m benchmarks.capacity --json capacity.json            # full run, ~40 min
+    python -m benchmarks.capacity --quick --json capacity.json    # smoke run, ~10 min
+    python -m benchmarks.capacity --designs ours,floor --rooms-ramp 0 --json c.json
     python -m benchmarks.capacity --from-json capacity.json --json again.json  # re-summarize
 
 Everything runs on this machine against the real LiveKit server (tests/livekit_server.py):
 
 - designs, each its own worker process tree, one after the other:
   `ours` = `python -m transcriber start` (TRANSCRIBER_VAD_GATING=false, so STT-for-STT);
-  `baseline` = `python -m benchmarks.baseline_worker start` (LiveKit's multi-user
-  transcriber: an AgentSession + RoomIO per participant, see that module);
-  `ours_gated` (with --gating) = ours with TRANSCRIBER_VAD_GATING=true.
-  Both use `benchmarks.fast_stt`, a real `stt.STT` that costs next to nothing, so the
-  numbers are the transcriber's, not a recognizer's.
-- this process is the load generator: R rooms (--rooms, 1), each with a listener
-  (`bench-listener-*`, reads `lk.transcription` text streams like a web client), an echo
-  (`bench-echo-*`, below) and P speakers. A speaker publishes a microphone track at 48 kHz,
-  in real time, looping over the synthetic meeting sentences of tests/speech_clips.py;
-  before each sentence it puts a 180 ms timecode (fast_stt.marker_audio) in the silence,
-  and it records when each 100 ms frame left its audio source. fast_stt tags every caption
-  with the timecode and the audio offset it was emitted on, so the listener (same process,
-  same clock) knows when the captioned audio was sent.
+  `ours_gated` = ours with TRANSCRIBER_VAD_GATING=true (the speech gate's VAD on every
+  track); `baseline` = `python -m benchmarks.baseline_worker start` (LiveKit's multi-user
+  transcriber: an AgentSession + RoomIO per participant, see that module); `floor` =
+  `python -m benchmarks.floor_worker start` (subscribes and reads every track as we do,
+  drops the frames: the SDK's receive path and nothing else).
+  Ours and the baseline use `benchmarks.fast_stt`, a real `stt.STT` that costs next to
+  nothing, so the numbers are the transcriber's, not a recognizer's.
+- speakers: `benchmarks.opus_publisher` encodes the speech program once (every meeting
+  sentence of tests/speech_clips.py, a 180 ms fast_stt timecode before each) to Ogg Opus
+  and a Go program (benchmarks/publisher, server-sdk-go) publishes it looped, one
+  participant per track, each from another sentence, at real-time pace without encoding:
+  its CPU per track is reported (`publisher_cpu_per_track`). fast_stt tags every caption
+  with the timecode and the audio offset it was emitted on, and a track's packets leave
+  on a fixed 20 ms schedule, so the listener knows when the captioned audio was sent.
+- this process: per room a listener (`bench-listener-*`, reads `lk.transcription` text
+  streams like a web client) and an echo (`bench-echo-*`, below).
 
 For each design the load ramps over --levels concurrent speaking tracks (4, 8, 16, ...),
 spread over the rooms; at each level, after a warm-up, a window of --window seconds is
@@ -65,10 +69,13 @@ measured:
   machine swings the transport alone from under 200 ms to over 800 ms), latency grew by
   <= 250 ms from the first to the last third of the window (a worker behind real time
   falls further behind), every track was captioned, <= 2% of the sentences lacked
-  a caption, and the load generator itself kept up (under 0.85 core, loop lag p95 under
-  100 ms; past that the level says more about this process than the worker). The knee is the
+  a caption, and the load generator kept up (this process and the publisher each under
+  0.85 core, loop lag p95 under 100 ms). The floor captions nothing: it holds while its
+  frames keep to real time (frame delay p95 <= 500 ms, see floor_worker). The knee is the
   last level held; the ramp stops at the first level that did not hold in two windows
-  in a row (the machine is shared, one bad window is not a knee).
+  in a row (the machine is shared, one bad window is not a knee). Every design ramps in
+  one room, then again with the tracks spread over 4 rooms (--rooms-ramp), so several job
+  processes share the cores: `knee_tracks_<design>` and `knee_tracks_<design>_4rooms`.
 
 Where the CPU goes: each thread of the worker tree is put in a group, `loop` (the main
 threads: the job's Python work), `sdk` (the rtc SDK's Rust runtime, which also runs the
@@ -85,22 +92,20 @@ The reference level for the ratios is the highest level both designs held (else 
 first level). Ratios are ours / baseline, measured in the same run: the machine is
 shared and small, so absolute numbers are noisy but ratios are comparable.
 
-The load generator narrows the FFI event subscription of each speaker's Room to that
-room's own events once it has published (`_narrow_room_events`): the livekit rtc SDK
-delivers every room event to every Room of a process, which with 40 speakers in one
-process costs the load generator more than the worker under test.
+The listener narrows the FFI event subscription of its Room to that room's own events
+(`_narrow_room_events`): the livekit rtc SDK delivers every room event to every Room of a
+process.
 
-Every process started here (LiveKit server, workers) is stopped on exit, Ctrl-C included.
+Every process started here (LiveKit server, workers, publishers) is stopped on exit,
+Ctrl-C included; a publisher also stops when this process's end closes its stdin.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import json
 import os
-import random
 import shutil
 import signal
 import statistics
@@ -121,7 +126,16 @@ from livekit.agents.types import (
 )
 
 from benchmarks import fast_stt
-from benchmarks.process_tree import cpu_between, process_tree, tree_cpu
+from benchmarks.opus_publisher import PACKET, LoopedSpeaker, PublisherProcess, build_program
+from benchmarks.process_tree import (
+    cores_by_group,
+    cpu_between,
+    process_cpu,
+    room_processes,
+    tree_cpu,
+    tree_memory,
+    tree_thread_cpu,
+)
 from tests.conftest import WorkerProcess
 from tests.livekit_server import ROOT, LiveKitServer, free_port
 from tests.speech_clips import all_clips
@@ -147,20 +161,13 @@ CPU_ROUND_WINDOW = 30.0
 per-track cost this gives a knee estimate that the machine's other load cannot move."""
 GROWTH_LIMIT = 0.25
 MISSING_LIMIT = 0.02
+ROOMS_SUFFIX = "_4rooms"
+"""Results of the ramp spread over 4 rooms carry the design's name with this suffix."""
+DESIGNS = ("ours", "ours_gated", "baseline", "floor")
 DEFAULT_SERVER_BIN = Path.home() / ".cache" / "transcriber" / "livekit-server-v1.13.5"
 
 
 # ---------------------------------------------------------------------------- load
-
-
-@dataclass
-class Sentence:
-    """One sentence a speaker sent; positions are 48 kHz samples of its track."""
-
-    seq: int
-    marker: int
-    speech_start: int
-    speech_end: int
 
 
 @dataclass(frozen=True)
@@ -189,109 +196,6 @@ def _narrow_room_events(room: rtc.Room) -> None:
                         and e.room_event.room_handle == handle
                     ),
                 )
-
-
-class Speaker:
-    """A participant publishing looped sentences with a timecode before each."""
-
-    def __init__(
-        self, identity: str, room_name: str, sentences: list[np.ndarray], start: int
-    ) -> None:
-        self.identity, self.room_name = identity, room_name
-        self._sentences = sentences
-        self._next = start
-        self.room = rtc.Room()
-        self.source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=200)
-        self.track_sid = ""
-        self.sends: list[float] = []
-        """When the first sample of each captured frame left the audio source (monotonic)."""
-        self.sent: list[Sentence] = []
-        self._by_code: dict[int, list[Sentence]] = {}
-        self._markers: list[int] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def join(self, server: LiveKitServer) -> None:
-        await self.room.connect(
-            server.url,
-            server.token(self.identity, self.room_name),
-            rtc.RoomOptions(auto_subscribe=False),
-        )
-        track = rtc.LocalAudioTrack.create_audio_track(f"{self.identity}-mic", self.source)
-        publication = await self.room.local_participant.publish_track(
-            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-        )
-        self.track_sid = publication.sid
-        _narrow_room_events(self.room)  # after publishing: publish_track needs other events
-        self._task = asyncio.create_task(self._play(), name=f"play-{self.identity}")
-
-    async def leave(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        await self.room.disconnect()
-        await self.source.aclose()
-
-    def send_time(self, sample: int) -> float | None:
-        frame, within = divmod(sample, FRAME)
-        if frame >= len(self.sends):
-            return None
-        return self.sends[frame] + within / SAMPLE_RATE
-
-    def sentence_at(self, sample: int) -> Sentence | None:
-        """The sentence whose timecode, speech and following pause hold `sample`."""
-        i = bisect.bisect_right(self._markers, sample) - 1
-        return self.sent[i] if i >= 0 else None
-
-    def sentence_of(self, code: int, arrival: float) -> Sentence | None:
-        """The latest sentence with this timecode whose timecode was sent before `arrival`."""
-        for sentence in reversed(self._by_code.get(code, [])):
-            sent = self.send_time(sentence.marker)
-            if sent is not None and sent <= arrival:
-                return sentence
-        return None
-
-    def audio_sent_at(self, tag: fast_stt.Tag, arrival: float) -> tuple[Sentence, float] | None:
-        if tag.code < 0:
-            return None
-        sentence = self.sentence_of(tag.code, arrival)
-        if sentence is None:
-            return None
-        sent = self.send_time(sentence.marker + tag.offset * SAMPLE_RATE // fast_stt.SAMPLE_RATE)
-        return None if sent is None else (sentence, sent)
-
-    async def _play(self) -> None:
-        position = 0  # samples handed to the source
-        pending = np.zeros(random.randint(0, 2 * SAMPLE_RATE), dtype=np.int16)
-        seq = 0
-        while True:
-            speech = self._sentences[self._next % len(self._sentences)]
-            self._next += 1
-            marker = fast_stt.marker_audio(seq % 256, SAMPLE_RATE)
-            pause = np.zeros(int(PAUSE * SAMPLE_RATE), np.int16)
-            gap = np.zeros(int(GAP * SAMPLE_RATE), np.int16)
-            start = position + len(pending) + len(pause)
-            sentence = Sentence(
-                seq=seq,
-                marker=start,
-                speech_start=start + len(marker) + len(gap),
-                speech_end=start + len(marker) + len(gap) + len(speech),
-            )
-            self.sent.append(sentence)
-            self._markers.append(sentence.marker)
-            self._by_code.setdefault(seq % 256, []).append(sentence)
-            seq += 1
-            audio = np.concatenate([pending, pause, marker, gap, speech])
-            usable = len(audio) // FRAME * FRAME
-            for i in range(0, usable, FRAME):
-                chunk = audio[i : i + FRAME]
-                await self.source.capture_frame(
-                    rtc.AudioFrame(chunk.tobytes(), SAMPLE_RATE, 1, FRAME)
-                )
-                self.sends.append(
-                    time.monotonic() + self.source.queued_duration - FRAME / SAMPLE_RATE
-                )
-            position += usable
-            pending = audio[usable:]
 
 
 class Echo:
@@ -391,7 +295,7 @@ class RoomLoad:
         self.listener_identity = f"bench-listener-{name}"
         self.listener = rtc.Room()
         self.echo = Echo(server, name, f"bench-echo-{name}", self.listener_identity)
-        self.speakers: list[Speaker] = []
+        self.speakers: list[LoopedSpeaker] = []
         self.heard: list[Heard] = []
         self._by_track: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -406,8 +310,8 @@ class RoomLoad:
         _narrow_room_events(self.listener)
         await self.echo.join()
 
-    async def add_speaker(self, speaker: Speaker) -> None:
-        await speaker.join(self.server)
+    def add_speaker(self, speaker: LoopedSpeaker) -> None:
+        """A speaker whose track is being published (by the Go publisher)."""
         self.speakers.append(speaker)
         self._by_track[speaker.track_sid] = speaker.identity
         if len(self.speakers) == 1:
@@ -437,7 +341,6 @@ class RoomLoad:
         self.heard.append(Heard(source, speaker, final, tag, arrival))
 
     async def leave(self) -> None:
-        await asyncio.gather(*(s.leave() for s in self.speakers), return_exceptions=True)
         await self.echo.leave()
         await self.listener.disconnect()
 
@@ -449,79 +352,6 @@ _WORKERS: list[WorkerProcess] = []
 _STOPPING: list[bool] = []
 """Non-empty once Ctrl-C or SIGTERM arrived (checked between levels and designs too, in
 case a library swallows the cancellation)."""
-
-
-THREAD_GROUPS = ("loop", "sdk", "webrtc")
-
-
-def _thread_group(process: psutil.Process, thread_id: int) -> str:
-    """`loop`: a process's main thread, its event loop (the job's Python work); `sdk`: the
-    rtc SDK's Rust runtime (audio streams, resampling, and the FFI callback that hands
-    each event to Python); `webrtc`: the rest (audio decoding driven every 10 ms by the
-    audio device thread, networking)."""
-    if thread_id == process.pid:
-        return "loop"
-    try:
-        name = Path(f"/proc/{process.pid}/task/{thread_id}/comm").read_text().strip()
-    except OSError:
-        name = ""
-    return "sdk" if name.startswith("tokio-rt") else "webrtc"
-
-
-def tree_thread_cpu(pid: int) -> dict[tuple[int, int], tuple[str, float]]:
-    """(pid, thread id) -> (group, CPU seconds so far) for every thread of the tree."""
-    seconds = {}
-    for p in process_tree(pid):
-        try:
-            for thread in p.threads():
-                group = _thread_group(p, thread.id)
-                seconds[(p.pid, thread.id)] = (group, thread.user_time + thread.system_time)
-        except psutil.NoSuchProcess:
-            pass
-    return seconds
-
-
-def cores_by_group(
-    before: dict[tuple[int, int], tuple[str, float]],
-    after: dict[tuple[int, int], tuple[str, float]],
-    seconds: float,
-) -> dict[str, float]:
-    cores = dict.fromkeys(THREAD_GROUPS, 0.0)
-    for key, (group, cpu) in after.items():
-        cores[group] += cpu - before.get(key, (group, 0.0))[1]
-    return {group: round(value / seconds, 4) for group, value in cores.items()}
-
-
-def room_processes(pid: int, server: LiveKitServer) -> set[int]:
-    """The worker's main process and its job processes (those connected to the server).
-    Left out: the forkserver and idle processes, whose private memory shrinks whenever
-    the forkserver forks a new idle process (pages become shared), whatever the tracks."""
-    port = int(server.url.rsplit(":", 1)[1])
-    counted = {pid}
-    for p in process_tree(pid)[1:]:
-        try:
-            if any(c.raddr and c.raddr.port == port for c in p.net_connections(kind="tcp")):
-                counted.add(p.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    return counted
-
-
-def tree_memory(pid: int) -> dict[int, tuple[float, float]]:
-    """pid -> (PSS, USS) in MB for every process of the tree (RSS for both where the
-    kernel does not give PSS)."""
-    memory = {}
-    for p in process_tree(pid):
-        try:
-            try:
-                info = p.memory_full_info()
-                memory[p.pid] = (info.pss / 2**20, info.uss / 2**20)
-            except (psutil.AccessDenied, AttributeError):
-                rss = p.memory_info().rss / 2**20
-                memory[p.pid] = (rss, rss)
-        except psutil.NoSuchProcess:
-            pass
-    return memory
 
 
 # ------------------------------------------------------------------------ measures
@@ -545,6 +375,9 @@ class Window:
     """USS growth since idle of the main and job processes (see room_processes)."""
     server_cores: float = 0.0
     loadgen_cores: float = 0.0
+    """This process: listeners and echoes (the speakers are the Go publisher's)."""
+    publisher_cores: float = 0.0
+    """The Go publishers of the speakers' pre-encoded tracks."""
     loadgen_lag_p95_ms: float | None = None
     captions: int = 0
     unanchored: int = 0
@@ -575,6 +408,8 @@ class Window:
     why_not: str = ""
     retried: bool = False
     """The level failed once and this is its second window."""
+    frame_delay_p95_ms: float | None = None
+    """The floor design only: how far its frames fell behind real time (floor_worker)."""
     machine_bound: bool = False
     """The echo (no transcriber) missed the latency target too, or the load generator lagged:
     the machine, not the worker, was the limit at this level."""
@@ -606,9 +441,9 @@ def _ms(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.array(values), q)) * 1000, 1)
 
 
-def read_lag(directory: Path, t0: float, t1: float) -> list[float]:
+def read_lag(directory: Path, t0: float, t1: float, pattern: str = "lag-*.txt") -> list[float]:
     lags = []
-    for path in directory.glob("lag-*.txt"):
+    for path in directory.glob(pattern):
         for line in path.read_text().splitlines():
             try:
                 t, lag = (float(x) for x in line.split())
@@ -734,6 +569,21 @@ def evaluate(window: Window, rooms: list[RoomLoad], t0: float, t1: float) -> Non
     window.why_not = "; ".join(reasons)
 
 
+def evaluate_floor(window: Window, delays: list[float], t0: float, t1: float) -> None:
+    """The floor publishes nothing: it holds a level while its frames keep to real time
+    (frame delay p95 <= P95_LIMIT) and none of its tracks stalls (a delay report at least
+    every second of the window)."""
+    window.frame_delay_p95_ms = _ms(delays, 95)
+    reasons = []
+    if window.frame_delay_p95_ms is None or window.frame_delay_p95_ms > P95_LIMIT * 1000:
+        reasons.append(f"frame delay p95 {window.frame_delay_p95_ms} ms > {P95_LIMIT * 1000:.0f}")
+    elif len(delays) < (t1 - t0) * 0.5:
+        reasons.append(f"{len(delays)} frame reports in {t1 - t0:.0f} s: frames stalled")
+    window.tracks_captioned = window.tracks  # every track is read; nothing to caption
+    window.held = not reasons
+    window.why_not = "; ".join(reasons)
+
+
 class LoopLag:
     """Lag of this process's own event loop (the load generator's)."""
 
@@ -773,6 +623,8 @@ class DesignRun:
         self, name: str, server: LiveKitServer, plan: Plan, workdir: Path, deadline: float
     ) -> None:
         self.name, self.server, self.plan, self.deadline = name, server, plan, deadline
+        self.design = name.removesuffix(ROOMS_SUFFIX)
+        """The worker design: the name without the room layout."""
         self.workdir = workdir / name
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lag_dir = self.workdir / "lag"
@@ -781,7 +633,8 @@ class DesignRun:
         self.result = DesignResult(name)
         self.rooms: list[RoomLoad] = []
         self.worker: WorkerProcess | None = None
-        self.sentences = _sentences()
+        self.program = build_program(_sentences(), PAUSE, GAP)
+        self.publishers: list[PublisherProcess] = []
         self.loadgen = psutil.Process()
         self.server_proc = psutil.Process(server.process.pid)
         self.loop_lag: LoopLag | None = None
@@ -803,9 +656,9 @@ class DesignRun:
             PYTHONPATH=str(ROOT),
             BENCH_LAG_DIR=str(self.lag_dir),
         )
-        if self.name == "baseline":
+        if self.design in ("baseline", "floor"):
             env["BENCH_AGENT_NAME"] = self.agent_name
-            return [sys.executable, "-m", "benchmarks.baseline_worker", "start"], env
+            return [sys.executable, "-m", f"benchmarks.{self.design}_worker", "start"], env
         env.update(
             TRANSCRIBER_AGENT_NAME=self.agent_name,
             TRANSCRIBER_STT_PROVIDER="benchmarks.fast_stt:build",
@@ -813,7 +666,7 @@ class DesignRun:
             TRANSCRIBER_METRICS_PORT=str(free_port()),
             TRANSCRIBER_LOAD_THRESHOLD="1",
             TRANSCRIBER_MAX_ROOMS="10000",
-            TRANSCRIBER_VAD_GATING="true" if self.name == "ours_gated" else "false",
+            TRANSCRIBER_VAD_GATING="true" if self.design == "ours_gated" else "false",
         )
         return [sys.executable, "-m", "transcriber", "start"], env
 
@@ -863,7 +716,8 @@ class DesignRun:
                 await lkapi.agent_dispatch.create_dispatch(
                     api.CreateAgentDispatchRequest(agent_name=self.agent_name, room=room.name)
                 )
-            deadline = time.monotonic() + 90  # a crowded machine starts job processes slowly
+            # a crowded machine starts job processes slowly, one per room
+            deadline = time.monotonic() + 60 + 30 * len(self.rooms)
             waiting = {room.name for room in self.rooms}
             while waiting and time.monotonic() < deadline:
                 for name in list(waiting):
@@ -881,13 +735,24 @@ class DesignRun:
 
     async def _ramp_to(self, tracks: int) -> None:
         current = sum(len(room.speakers) for room in self.rooms)
-        joins = []
+        added = []
         for i in range(current, tracks):
             room = self.rooms[i % len(self.rooms)]
-            speaker = Speaker(f"spk-{i:03d}", room.name, self.sentences, start=i * 5)
-            joins.append(room.add_speaker(speaker))
-        for batch in range(0, len(joins), 8):
-            await asyncio.gather(*joins[batch : batch + 8])
+            offset = self.program.sentences[i * 5 % len(self.program.sentences)][0] // PACKET
+            speaker = LoopedSpeaker(f"spk-{i:03d}", room.name, self.program, offset)
+            added.append((room, speaker))
+        if added:
+            publisher = PublisherProcess(self.workdir / "publisher.log")
+            self.publishers.append(publisher)
+            await publisher.start(
+                self.server.url,
+                [(s, self.server.token(s.identity, s.room_name)) for _, s in added],
+            )
+            for room, speaker in added:
+                room.add_speaker(speaker)
+        if self.design == "floor":  # no captions to wait for: frames flow within a second
+            await asyncio.sleep(4.0)
+            return
         # warm up: every track captioned at least once (with a timecode), then settle
         deadline = time.monotonic() + self.plan.warmup_max
         while time.monotonic() < deadline:
@@ -907,10 +772,20 @@ class DesignRun:
         window = Window(tracks=tracks)
         pid = self.worker.process.pid
         t0 = time.monotonic()
-        cpu0, server0, loadgen0 = tree_cpu(pid), _cpu(self.server_proc), _cpu(self.loadgen)
+        cpu0, server0, loadgen0 = (
+            tree_cpu(pid),
+            process_cpu(self.server_proc),
+            process_cpu(self.loadgen),
+        )
+        publishers0 = {id(p): p.cpu_seconds() for p in self.publishers}
         threads0 = tree_thread_cpu(pid)
         await asyncio.sleep(seconds)
-        cpu1, server1, loadgen1 = tree_cpu(pid), _cpu(self.server_proc), _cpu(self.loadgen)
+        cpu1, server1, loadgen1 = (
+            tree_cpu(pid),
+            process_cpu(self.server_proc),
+            process_cpu(self.loadgen),
+        )
+        publishers1 = {id(p): p.cpu_seconds() for p in self.publishers}
         threads1 = tree_thread_cpu(pid)
         t1 = time.monotonic()
         window.seconds = round(t1 - t0, 2)
@@ -920,6 +795,9 @@ class DesignRun:
         window.webrtc_cores = groups["webrtc"]
         window.server_cores = round((server1 - server0) / (t1 - t0), 3)
         window.loadgen_cores = round((loadgen1 - loadgen0) / (t1 - t0), 3)
+        window.publisher_cores = round(
+            sum(publishers1[k] - publishers0.get(k, 0.0) for k in publishers1) / (t1 - t0), 4
+        )
         window.loadgen_lag_p95_ms = _ms(self.loop_lag.between(t0, t1), 95)
         memory = await asyncio.to_thread(tree_memory, pid)
         window.memory_mb = round(sum(pss for pss, _ in memory.values()), 1)
@@ -937,23 +815,26 @@ class DesignRun:
         lags = read_lag(self.lag_dir, t0, t1)
         window.lag_p95_ms = _ms(lags, 95)
         window.lag_max_ms = _ms(lags, 100)
-        if tracks:
+        if tracks and self.design == "floor":
+            evaluate_floor(window, read_lag(self.lag_dir, t0, t1, "frames-*.txt"), t0, t1)
+        elif tracks:
             await asyncio.sleep(GRACE)
             evaluate(window, self.rooms, t0, t1)
             lagging = window.loadgen_lag_p95_ms is not None and window.loadgen_lag_p95_ms > 100
-            if lagging or window.loadgen_cores > LOADGEN_LIMIT:
+            saturated = max(window.loadgen_cores, window.publisher_cores) > LOADGEN_LIMIT
+            if lagging or saturated:
                 # the load generator can no longer say when audio left or captions came
                 window.held = False
                 window.why_not = "; ".join(
                     r for r in (window.why_not, "load generator saturated") if r
                 )
             slow_echo = window.echo_p95_ms is None or window.echo_p95_ms > P95_LIMIT * 1000
-            window.machine_bound = not window.held and (
-                lagging or slow_echo or window.loadgen_cores > LOADGEN_LIMIT
-            )
+            window.machine_bound = not window.held and (lagging or slow_echo or saturated)
         return window
 
     async def _close(self) -> None:
+        for publisher in self.publishers:
+            await publisher.stop()
         for room in self.rooms:
             try:
                 await asyncio.wait_for(room.leave(), 15)
@@ -963,14 +844,6 @@ class DesignRun:
             await self.loop_lag.aclose()
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-
-
-def _cpu(process: psutil.Process) -> float:
-    try:
-        t = process.cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-    except psutil.NoSuchProcess:
-        return 0.0
 
 
 def _sentences() -> list[np.ndarray]:
@@ -1088,25 +961,85 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
         "knee_ours_limited_by": _limit(ours),
         "knee_baseline_limited_by": _limit(base),
     }
-    for name in results:
-        if name in ("ours", "baseline"):
-            continue
-        variant, suffix = summary[name], name.removeprefix("ours_")
-        assert isinstance(variant, dict)
-        result[f"cpu_ratio_{suffix}"] = ratio(variant["cpu_per_track"], b["cpu_per_track"])
-        result[f"mem_ratio_{suffix}"] = ratio(
-            variant["memory_mb_per_track"], b["memory_mb_per_track"]
-        )
-        result[f"knee_tracks_{name}"] = results[name].knee
-    cpu_ratio, mem_ratio = result["cpu_ratio"], result["mem_ratio"]
+    result.update(floor_and_knees(results, summary))
+    knee_floor = results["floor"].knee if "floor" in results else None
+    four = {
+        n: results[n + ROOMS_SUFFIX].knee
+        for n in DESIGNS
+        if n + ROOMS_SUFFIX in results and results[n + ROOMS_SUFFIX].levels
+    }
+    cpu_over_floor = result["cpu_over_floor"]
+    cpu_over_floor_gated = result["cpu_over_floor_gated"]
+    mem_ratio = result["mem_ratio"]
     result["targets"] = {
-        "cpu_ratio<=0.33": cpu_ratio is not None and cpu_ratio <= 0.33,  # type: ignore[operator]
         "mem_ratio<=0.5": mem_ratio is not None and mem_ratio <= 0.5,  # type: ignore[operator]
         "latency_added_p95_ms<=50": added is not None and added <= 50,
-        "knee_ours>=3x_baseline": ours.knee >= 3 * base.knee and ours.knee > 0,
+        "cpu_over_floor<=1.2": (
+            cpu_over_floor is not None and cpu_over_floor <= 1.2  # type: ignore[operator]
+        ),
+        "cpu_over_floor_gated<=1.4": (
+            cpu_over_floor_gated is not None and cpu_over_floor_gated <= 1.4  # type: ignore[operator]
+        ),
+        "knee_ours>=0.9x_floor": knee_floor is not None and ours.knee >= 0.9 * knee_floor,
+        "knee_ours>=1.25x_baseline": ours.knee >= 1.25 * base.knee and ours.knee > 0,
+        "knee_ours_4rooms>=0.9x_floor_4rooms": (
+            "ours" in four
+            and "floor" in four
+            and four["ours"] >= 0.9 * four["floor"]
+            and four["ours"] > 0
+        ),
+        "knee_ours_4rooms>=1.25x_baseline_4rooms": (
+            "ours" in four
+            and "baseline" in four
+            and four["ours"] >= 1.25 * four["baseline"]
+            and four["ours"] > 0
+        ),
     }
     result["designs"] = summary
     return result
+
+
+def floor_and_knees(
+    results: dict[str, DesignResult], summary: dict[str, object]
+) -> dict[str, object]:
+    """The keys against the floor, the gated variant's ratios and every ramp's knee."""
+    b = summary["baseline"]
+    assert isinstance(b, dict)
+    o = summary["ours"]
+    assert isinstance(o, dict)
+    result: dict[str, object] = {}
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b not in (None, 0) else None
+
+    floor = summary.get("floor")
+    floor_cpu = floor["cpu_per_track"] if isinstance(floor, dict) else None
+    gated = summary.get("ours_gated")
+    gated_cpu = gated["cpu_per_track"] if isinstance(gated, dict) else None
+    result["floor_cpu_per_track"] = floor_cpu
+    result["cpu_over_floor"] = ratio(o["cpu_per_track"], floor_cpu)
+    result["cpu_over_floor_gated"] = ratio(gated_cpu, floor_cpu)
+    result["publisher_cpu_per_track"] = publisher_per_track(results)
+    for name, design in results.items():
+        if name not in ("ours", "baseline"):  # None: the ramp measured no level at all
+            result[f"knee_tracks_{name}"] = design.knee if design.levels else None
+    if "ours_gated" in summary:
+        variant = summary["ours_gated"]
+        assert isinstance(variant, dict)
+        result["cpu_ratio_gated"] = ratio(variant["cpu_per_track"], b["cpu_per_track"])
+        result["mem_ratio_gated"] = ratio(variant["memory_mb_per_track"], b["memory_mb_per_track"])
+    return result
+
+
+def publisher_per_track(results: dict[str, DesignResult]) -> float | None:
+    """The Go publisher's cores per track, median over every loaded window."""
+    values = [
+        w.publisher_cores / w.tracks
+        for design in results.values()
+        for w in design.levels
+        if w.tracks and w.publisher_cores
+    ]
+    return round(float(statistics.median(values)), 5) if values else None
 
 
 def _limit(design: DesignResult) -> str:
@@ -1126,7 +1059,8 @@ def _print_level(name: str, w: Window) -> None:
         f"  [{name}] {w.tracks:3d} tracks: cpu {w.cpu_cores:.3f} cores, mem {w.memory_mb:.0f} MB, "
         f"p50/p95/p99 {w.latency_p50_ms}/{w.latency_p95_ms}/{w.latency_p99_ms} ms "
         f"(echo p95 {w.echo_p95_ms}), lag p95 {w.lag_p95_ms} ms, dropped {w.frames_dropped}/"
-        f"{w.frames_published} frames, loadgen {w.loadgen_cores} cores: {state}",
+        f"{w.frames_published} frames, frame delay p95 {w.frame_delay_p95_ms} ms, "
+        f"loadgen {w.loadgen_cores} + publisher {w.publisher_cores} cores: {state}",
         flush=True,
     )
 
@@ -1202,14 +1136,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--quick", action="store_true", help="smoke run: two small levels, short windows"
     )
     parser.add_argument(
-        "--gating", action="store_true", help="also run ours with TRANSCRIBER_VAD_GATING=true"
+        "--gating", action="store_true", help="(ours_gated is now one of the default designs)"
     )
     parser.add_argument("--rooms", type=int, default=1, help="rooms the tracks are spread over (1)")
+    parser.add_argument(
+        "--rooms-ramp",
+        type=int,
+        default=None,
+        help="then ramp again over this many rooms, knees only (4; --quick 0: none)",
+    )
     parser.add_argument(
         "--levels", type=str, default="", help="concurrent tracks per level, e.g. 4,8,16"
     )
     parser.add_argument("--window", type=float, default=0.0, help="seconds measured per level")
-    parser.add_argument("--budget", type=float, default=0.0, help="seconds for the ramps")
+    parser.add_argument(
+        "--budget", type=float, default=0.0, help="seconds per ramp (240; --quick 150)"
+    )
     parser.add_argument(
         "--repeat",
         type=int,
@@ -1229,14 +1171,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat is None:
         args.repeat = 0 if args.quick else 2
+    if args.rooms_ramp is None:
+        args.rooms_ramp = 0 if args.quick else 4
     return args
 
 
 def make_plan(args: argparse.Namespace) -> tuple[Plan, float]:
     if args.quick:
-        levels, window, budget = (2, 4), 8.0, 170.0
+        levels, window, budget = (2, 4), 8.0, 150.0
     else:
-        levels, window, budget = (2, 4, 6, 8, 10, 12, 16, 20, 24), 15.0, 840.0
+        levels, window, budget = (2, 4, 6, 8, 10, 12, 16, 20, 24), 15.0, 240.0
     if args.levels:
         levels = tuple(int(x) for x in args.levels.split(","))
     plan = Plan(
@@ -1253,9 +1197,12 @@ async def run(
     args: argparse.Namespace, server: LiveKitServer, workdir: Path
 ) -> dict[str, DesignResult]:
     plan, budget = make_plan(args)
-    designs = ["ours", "baseline"] + (["ours_gated"] if args.gating else [])
-    if args.designs:
-        designs = [d for d in args.designs.split(",") if d]
+    designs = [d for d in args.designs.split(",") if d] if args.designs else list(DESIGNS)
+    ramps = [(name, plan) for name in designs]
+    if args.rooms_ramp > 1:  # then the same ramps with the tracks spread over more rooms
+        spread = Plan(**{**asdict(plan), "rooms": args.rooms_ramp})
+        ramps += [(name + ROOMS_SUFFIX, spread) for name in designs]
+    budget *= len(ramps)
     start = time.monotonic()
     results: dict[str, DesignResult] = {}
     main_task = asyncio.current_task()
@@ -1270,17 +1217,17 @@ async def run(
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
-    for i, name in enumerate(designs):
+    for i, (name, ramp) in enumerate(ramps):
         if _STOPPING:
             break
         left = budget - (time.monotonic() - start)
-        deadline = time.monotonic() + left / (len(designs) - i)
+        deadline = time.monotonic() + left / (len(ramps) - i)
         print(
-            f"== {name}: levels {plan.levels}, {plan.rooms} rooms, {plan.window:.0f} s windows, "
-            f"{left / (len(designs) - i):.0f} s budget",
+            f"== {name}: levels {ramp.levels}, {ramp.rooms} rooms, {ramp.window:.0f} s windows, "
+            f"{left / (len(ramps) - i):.0f} s budget",
             flush=True,
         )
-        design = DesignRun(name, server, plan, workdir, deadline)
+        design = DesignRun(name, server, ramp, workdir, deadline)
         try:
             results[name] = await design.run()
         except asyncio.CancelledError:
@@ -1312,7 +1259,7 @@ async def run_cpu_rounds(
         warmup_max=plan.warmup_max,
     )
     for r in range(repeat):
-        for name in results:
+        for name in [n for n in results if not n.endswith(ROOMS_SUFFIX)]:
             if _STOPPING:
                 return
             print(f"== {name}: CPU round {r + 1}/{repeat} at {tracks} tracks", flush=True)

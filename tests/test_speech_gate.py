@@ -479,6 +479,7 @@ async def test_rejects_audio_it_cannot_place_in_time() -> None:
         {"hangover": -0.1},
         {"idle_close": 0.0},
         {"energy_floor": 6.0},
+        {"noise_margin": 0.0},
     ],
 )
 def test_options_are_checked(bad: dict[str, float]) -> None:
@@ -491,10 +492,10 @@ def test_options_are_checked(bad: dict[str, float]) -> None:
 
 @pytest.fixture(scope="module")
 def silero_vad() -> vad.VAD:
-    """Silero as the worker loads it."""
-    from transcriber.stt_providers import load_vad
+    """Silero as the worker loads it for the gate (batched across tracks)."""
+    from transcriber.vad_batcher import load_gate_vad
 
-    return load_vad()
+    return load_gate_vad()
 
 
 ONSET_TOLERANCE = 0.1
@@ -550,10 +551,17 @@ async def test_first_word_after_20_seconds_of_silence_is_sent(
     assert burst.first <= first_sound - (options.preroll - ONSET_TOLERANCE) * RATE
     assert burst.last >= len(before) + (sentence.end + options.hangover - ONSET_TOLERANCE) * RATE
     np.testing.assert_array_equal(burst.audio, audio[burst.first : burst.last])
-    if lead == "digital silence":
-        assert gate.seconds_analyzed < gate.seconds_received - 15  # the pre-check skipped it
-    else:
-        assert gate.seconds_analyzed > 20  # noise above the floor: the VAD heard all of it
+    # digital silence is under the absolute floor, steady room noise within noise_margin of
+    # the track's own floor: the pre-check skipped either
+    assert gate.seconds_analyzed < gate.seconds_received - 15
+
+
+async def test_without_a_noise_margin_room_noise_is_analyzed(silero_vad: vad.VAD) -> None:
+    audio = noise(20, RATE, level_dbfs=-60).samples()
+    gate, events = await run_gate(silero_vad, audio, GateOptions(**TIMING, noise_margin=None))
+
+    assert events == []
+    assert gate.seconds_analyzed == pytest.approx(gate.seconds_received)
 
 
 @pytest.mark.parametrize(

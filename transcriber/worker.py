@@ -37,6 +37,7 @@ from .transcript_delivery import DeliveryOptions, TranscriptOutbox
 from .transcript_journal import TranscriptLimits, TranscriptSink
 from .translation import TranslationOptions, TranslationSink
 from .translators import build_translator
+from .vad_batcher import load_gate_vad
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ def prewarm(proc: JobProcess) -> None:
     stt = build_stt(settings, vad=vad)
     stt.prewarm()
     proc.userdata["settings"] = settings
-    proc.userdata["vad"] = vad
+    proc.userdata["gate_vad"] = load_gate_vad()
     proc.userdata["stt"] = stt
 
 
@@ -217,7 +218,7 @@ async def entrypoint(ctx: JobContext) -> None:
     manager = RoomManager(
         ctx.room,
         ctx.proc.userdata["stt"],
-        ctx.proc.userdata["vad"],
+        ctx.proc.userdata["gate_vad"],
         room_options(settings),
         sinks=await caption_sinks(settings, ctx),
         on_empty=lambda: ctx.shutdown("room empty"),
