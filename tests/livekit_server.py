@@ -43,8 +43,14 @@ class LiveKitServer:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, log_path: Path) -> LiveKitServer:
-        port, tcp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    def start(
+        cls, log_path: Path, *, redis: RedisServer | None = None, port: int | None = None
+    ) -> LiveKitServer:
+        """`redis` makes it a node of the cluster sharing that Redis; `port` reuses an
+        address (a restart)."""
+        port = port or free_port()
+        tcp_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+        cluster = f"redis:\n  address: {redis.address}\n" if redis else ""
         config = f"""
 port: {port}
 bind_addresses: ["127.0.0.1"]
@@ -57,8 +63,8 @@ keys:
   {API_KEY}: {API_SECRET}
 logging:
   level: info
-"""
-        log = open(log_path, "wb")
+{cluster}"""
+        log = open(log_path, "ab")
         process = subprocess.Popen(
             [server_binary(), "--dev", "--node-ip", "127.0.0.1", "--config-body", config],
             stdout=log,
@@ -87,6 +93,15 @@ logging:
                 time.sleep(0.1)
         raise RuntimeError(f"livekit-server did not start in {timeout:.0f} s")
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """As when a node dies: no goodbye to anyone."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -106,3 +121,44 @@ logging:
             .with_grants(api.VideoGrants(room_join=True, room=room))
             .to_jwt()
         )
+
+
+@dataclass
+class RedisServer:
+    """Debian's redis-server (installed by scripts/setup), in memory only, on 127.0.0.1."""
+
+    address: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.address}/0"
+
+    @classmethod
+    def start(cls, log_path: Path) -> RedisServer:
+        port = free_port()
+        process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no"],
+            stdout=open(log_path, "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {log_path.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return cls(address=f"127.0.0.1:{port}", process=process)
+            except OSError:
+                time.sleep(0.1)
+        process.kill()
+        raise RuntimeError("redis-server did not start in 10 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -21,7 +21,7 @@ from livekit.agents.types import (
     TOPIC_TRANSCRIPTION,
 )
 
-from . import metrics
+from . import metrics, room_lease
 
 logger = logging.getLogger("transcriber.captions")
 
@@ -119,7 +119,7 @@ class CaptionPublisher:
         await self._publish(_caption(segment_id, text, data, final=True))
 
     async def _publish(self, caption: Caption) -> None:
-        if not self._room.isconnected():
+        if not self._room.isconnected() or not room_lease.may_publish(self._room.name):
             return
         if caption.final:
             self.finals_published += 1

@@ -7,8 +7,9 @@ before any job starts) lets the main process serve every process's numbers.
 from __future__ import annotations
 
 import asyncio
+import os
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 ACTIVE_ROOMS = Gauge(
     "transcriber_active_rooms", "Rooms being captioned", multiprocess_mode="livesum"
@@ -59,3 +60,10 @@ async def watch_event_loop_lag(interval: float = 0.5) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
+
+
+def forget_process(pid: int) -> None:
+    """Called in the main process when a job process exits: its live gauges (rooms,
+    tracks) leave the sums at once, even when it was killed before it could decrement them."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)

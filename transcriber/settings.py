@@ -108,6 +108,12 @@ class Settings:
     """Prometheus /metrics port; 0 turns metrics off."""
     drain_timeout: float = 600.0
     """On SIGTERM, how long current rooms keep being captioned before the worker exits."""
+    lease_ttl: float = 4.0
+    """Seconds a transcriber's room lease lasts; renewed every quarter of it. A transcriber
+    whose lease lapsed is taken for dead and replaced (`room_lease`)."""
+    redis_url: str = field(default="", repr=False)
+    """The LiveKit cluster's Redis: lets every worker find rooms whose transcriber died
+    with its whole worker. Empty: only a worker's own dead jobs are replaced."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -158,7 +164,19 @@ class Settings:
             max_tracks_per_room=reader.count("TRANSCRIBER_MAX_TRACKS_PER_ROOM", default=50),
             metrics_port=reader.port("TRANSCRIBER_METRICS_PORT", default=9100),
             drain_timeout=reader.seconds("TRANSCRIBER_DRAIN_TIMEOUT", default=600.0),
+            lease_ttl=reader.seconds("TRANSCRIBER_LEASE_TTL", default=4.0),
+            redis_url=reader.text("TRANSCRIBER_REDIS_URL"),
         )
+        if settings.lease_ttl < 2:
+            raise SettingsError(
+                f"TRANSCRIBER_LEASE_TTL={settings.lease_ttl:g} would take live transcribers for "
+                "dead: use at least 2 seconds"
+            )
+        if settings.redis_url and not re.fullmatch(r"(rediss?|unix)://\S+", settings.redis_url):
+            raise SettingsError(
+                "TRANSCRIBER_REDIS_URL is not a Redis URL: use redis://host:6379/0 "
+                "(rediss:// for TLS)"
+            )
         if language == "multi" and set(providers) & {"local", "speechmatics"}:
             raise SettingsError(
                 "TRANSCRIBER_LANGUAGE=multi is only understood by deepgram: "

@@ -21,11 +21,13 @@ from prometheus_client import CollectorRegistry, multiprocess
 from . import metrics
 from .captions import CaptionOutputs
 from .room_claim import RoomClaims, keep_room, transcriber_in_room
+from .room_lease import LeaseIndex, RoomLease
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
 from .speech_gate import GateOptions
 from .status_server import StatusServer
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad
+from .takeover import Takeover, remove_ghosts
 from .track_pipeline import PipelineOptions
 
 logger = logging.getLogger("transcriber.worker")
@@ -52,12 +54,21 @@ def build_server(settings: Settings) -> AgentServer:
     )
     if settings.metrics_port:
         StatusServer(server, port=settings.metrics_port)
+    api_args = {
+        "url": settings.livekit_url,
+        "api_key": settings.livekit_api_key,
+        "api_secret": settings.livekit_api_secret,
+    }
     claims = RoomClaims(
         agent_name=settings.agent_name,
         livekit_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret,
         running_rooms=lambda: {job.job.room.name for job in server.active_jobs},
+        lease_ttl=settings.lease_ttl,
+    )
+    Takeover(
+        server, agent_name=settings.agent_name, api_args=api_args, redis_url=settings.redis_url
     )
     server.rtc_session(
         entrypoint,
@@ -132,6 +143,17 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("duplicate transcriber")
         return
 
+    lease = RoomLease(
+        ctx.api,
+        ctx.room,
+        ttl=settings.lease_ttl,
+        index=LeaseIndex(settings.redis_url, settings.agent_name) if settings.redis_url else None,
+        on_lost=lambda: ctx.shutdown("lost the room"),
+    )
+    lease.start()
+    ctx.proc.userdata["lease"] = lease
+    await remove_ghosts(ctx.api, room_name, settings.agent_name)
+
     manager = RoomManager(
         ctx.room,
         ctx.proc.userdata["stt"],
@@ -183,3 +205,6 @@ async def close_room(ctx: JobContext) -> None:
         metrics.ACTIVE_ROOMS.dec()
     if (lag_watch := ctx.proc.userdata.pop("lag_watch", None)) is not None:
         await utils.aio.cancel_and_wait(lag_watch)
+    lease: RoomLease | None = ctx.proc.userdata.pop("lease", None)
+    if lease is not None:
+        await lease.aclose()
