@@ -223,12 +223,10 @@ async def test_a_frozen_transcriber_that_resumes_steps_aside_without_publishing(
     room_name: str,
     tmp_path: Path,
 ) -> None:
-    _, metrics_dir = worker_with_metrics(
-        start_worker, tmp_path, "w", TRANSCRIBER_AGENT_NAME=agent_name,
-        TRANSCRIBER_REDIS_URL=redis_server.url,
-    )
+    env = {"TRANSCRIBER_AGENT_NAME": agent_name, "TRANSCRIBER_REDIS_URL": redis_server.url}
+    dirs = [worker_with_metrics(start_worker, tmp_path, f"w{i}", **env)[1] for i in range(2)]
     listener, talk, joining = await meeting(livekit_server, room_name, agent_name, tmp_path)
-    _, frozen = await wait_pid([metrics_dir])
+    metrics_dir, frozen = await wait_pid(dirs)
     (before,) = await transcribers_in(livekit_server, room_name)
     await asyncio.sleep(random.uniform(1.0, 2.5))
     outage = Outage(at=time.monotonic())
@@ -244,7 +242,7 @@ async def test_a_frozen_transcriber_that_resumes_steps_aside_without_publishing(
     assert published_by(metrics_dir, frozen) == published_while_frozen, "published after resuming"
     transcribers = await transcribers_in(livekit_server, room_name)
     assert [t.identity for t in transcribers] != [before.identity] and len(transcribers) == 1
-    assert frozen not in captioning_pids(metrics_dir)
+    assert frozen not in captioning_pids(metrics_dir), "the frozen transcriber did not leave"
     await talk.stop()
     await asyncio.sleep(2.0)
     record("job process SIGSTOP", [outage])
