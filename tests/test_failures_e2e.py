@@ -252,3 +252,197 @@ async def test_a_frozen_transcriber_that_resumes_steps_aside_without_publishing(
     assert len(finals) == len(set(finals)), finals
     await talk.speaker.leave()
     await listener.leave()
+
+
+async def test_a_restarted_livekit_server_gets_its_live_meeting_captioned_again(
+    tmp_path: Path, agent_name: str, room_name: str
+) -> None:
+    from .conftest import worker_env
+    from .test_worker_ops_e2e import free_port, metric, scrape
+
+    log = tmp_path / "livekit-server.log"
+    server = LiveKitServer.start(log)
+    ports = [free_port(), free_port()]
+    workers = [  # a pool: a worker captioning a room reports the shared machine's CPU
+        WorkerProcess(
+            worker_env(server, TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_METRICS_PORT=str(port)),
+            tmp_path / f"worker-{port}.log",
+        )
+        for port in ports
+    ]
+    try:
+        for worker in workers:
+            worker.wait_registered()
+        listener, talk, _ = await meeting(server, room_name, agent_name, tmp_path)
+        await asyncio.sleep(2.0)
+        outage = Outage(at=time.monotonic())
+        server.kill()
+        await asyncio.sleep(2.0)
+        server = LiveKitServer.start(log, port=server.port)
+        back = await participant_back(server, room_name, "alice")
+        outage.resumed = await next_caption_after(listener, "alice", back, timeout=30)
+        print(f"\nserver restart: captions back {outage.resumed - back:.2f} s after alice's return")
+        GAPS.setdefault("LiveKit restart, from the speaker's return", []).append(
+            round(outage.resumed - back, 2)
+        )
+        record("LiveKit restart, from the kill", [outage])
+        assert outage.resumed - back <= 10.0
+
+        bob = await Speaker(server, "other-" + room_name, "bob").join()
+        other = await CaptionListener(server, "other-" + room_name).join()
+        await dispatch_until_joined(server, agent_name, "other-" + room_name)
+        bob_talk = Talk(bob, tmp_path / "bob")
+        (tmp_path / "bob").mkdir()
+        bob_talk.start(seed=7)
+        await next_caption_after(other, "bob", 0.0, timeout=30)
+        await bob_talk.stop()
+        await talk.stop()
+        await asyncio.sleep(2.0)
+        samples = [scrape(port) for port in ports]
+        assert sum(metric(s, "transcriber_active_rooms") for s in samples) == 2
+        assert sum(metric(s, "transcriber_active_tracks") for s in samples) == 2
+        for who in (talk.speaker, bob, listener, other):
+            await who.leave()
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+
+
+async def participant_back(server: LiveKitServer, room: str, identity: str, timeout: float = 30) -> float:
+    """When the server lists the participant again, with a track."""
+    deadline = time.monotonic() + timeout
+    async with server.api() as lkapi:
+        while time.monotonic() < deadline:
+            try:
+                listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+                if any(p.identity == identity and p.tracks for p in listing.participants):
+                    return time.monotonic()
+            except api.TwirpError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{identity} did not come back to {room}")
+
+
+async def dispatch_until_joined(server: LiveKitServer, agent_name: str, room: str) -> None:
+    """LiveKit drops a dispatch made before any worker re-registered with it; a backend
+    dispatches again then, as this does."""
+    for _ in range(6):
+        await dispatch(server, agent_name, room)
+        for _ in range(25):
+            if await transcribers_in(server, room):
+                return
+            await asyncio.sleep(0.2)
+    raise AssertionError(f"no transcriber joined {room}")
+
+
+async def test_a_killed_jobs_tracks_leave_the_metrics_and_the_cap_at_once(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
+) -> None:
+    from .test_worker_ops_e2e import free_port, metric
+
+    port = free_port()
+    _, metrics_dir = worker_with_metrics(
+        start_worker, tmp_path, "w", TRANSCRIBER_AGENT_NAME=agent_name,
+        TRANSCRIBER_METRICS_PORT=str(port), TRANSCRIBER_MAX_TRACKS="1",
+    )
+    listener, talk, _ = await meeting(livekit_server, room_name, agent_name, tmp_path)
+    _, pid = await wait_pid([metrics_dir])
+    assert metric(scrape(port), "transcriber_active_tracks") == 1
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+    while metric(scrape(port), "transcriber_active_tracks") != 0:
+        assert time.monotonic() - killed_at < 1.5, "the dead job's track is still counted"
+        await asyncio.sleep(0.05)
+    # the replacement gets the only track the cap allows: the dead job holds none of it
+    await next_caption_after(listener, "alice", time.monotonic())
+    assert metric(scrape(port), "transcriber_active_tracks") == 1
+    await talk.stop()
+    await talk.speaker.leave()
+    await listener.leave()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A scrape at the instant a job process's files are removed can fail (HTTP 500):
+    Prometheus would retry at its next scrape, this retries at once."""
+    import urllib.error
+
+    from .test_worker_ops_e2e import scrape as scrape_once
+
+    try:
+        return scrape_once(port)
+    except urllib.error.HTTPError:
+        time.sleep(0.05)
+        return scrape_once(port)
+
+
+async def test_tracks_over_the_cap_wait_unsubscribed_and_are_captioned_when_one_ends(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str, tmp_path: Path
+) -> None:
+    from livekit import rtc
+
+    from .test_worker_ops_e2e import free_port, metric, scrape
+
+    port = free_port()
+    start_worker(TRANSCRIBER_AGENT_NAME=agent_name, TRANSCRIBER_METRICS_PORT=str(port))
+    listener = await CaptionListener(livekit_server, room_name).join()
+    carol = Speaker(livekit_server, room_name, "carol")
+    await carol.join(publish=False)
+    sources, sids = [], []
+    for i in range(6):  # one participant, six audio tracks: 4 is the per-participant cap
+        source = rtc.AudioSource(48000, 1, queue_size_ms=500)
+        track = rtc.LocalAudioTrack.create_audio_track(f"carol-{i}", source)
+        publication = await carol.room.local_participant.publish_track(
+            track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+        )
+        sources.append(source)
+        sids.append(publication.sid)
+    await dispatch(livekit_server, agent_name, room_name)
+    deadline = time.monotonic() + 30
+    while metric(samples := scrape(port), "transcriber_active_tracks") < 4:
+        assert time.monotonic() < deadline, "four tracks were not captioned"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)
+    samples = scrape(port)
+    assert metric(samples, "transcriber_active_tracks") == 4
+    assert metric(samples, "transcriber_waiting_tracks") == 2
+
+    async def say_on_all(seed: int) -> dict[str, str]:
+        words = script_words(6, seed=seed)
+        await asyncio.gather(
+            *(play_on(source, utterance_audio(w)) for source, w in zip(sources, words))
+        )
+        return {sid: " ".join(w) for sid, w in zip(sids, words)}
+
+    said = await say_on_all(seed=11)
+    await asyncio.sleep(2.5)
+    heard = {c.track_sid for c in listener.captions if c.final and c.text == said.get(c.track_sid)}
+    assert len(heard) == 4, heard
+    waiting = [sid for sid in sids if sid not in heard]
+    captioned = next(sid for sid in sids if sid in heard)
+
+    await carol.room.local_participant.unpublish_track(captioned)
+    sources.pop(sids.index(captioned))
+    sids.remove(captioned)
+    deadline = time.monotonic() + 10
+    while metric(scrape(port), "transcriber_waiting_tracks") != 1:
+        assert time.monotonic() < deadline, "no waiting track was picked up"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(1.0)
+    listener.captions.clear()
+    said = await say_on_all(seed=12)
+    await asyncio.sleep(2.5)
+    heard_now = {c.track_sid for c in listener.captions if c.final and c.text == said.get(c.track_sid)}
+    assert len(heard_now) == 4 and len(set(waiting) & heard_now) == 1, (waiting, heard_now)
+    await carol.leave()
+    await listener.leave()
+
+
+async def play_on(source, samples: np.ndarray) -> None:  # type: ignore[no-untyped-def]
+    from livekit import rtc
+
+    per_frame = 960  # 20 ms at 48 kHz
+    for i in range(0, len(samples) - per_frame + 1, per_frame):
+        chunk = samples[i : i + per_frame]
+        await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), 48000, 1, per_frame))
+    await source.wait_for_playout()

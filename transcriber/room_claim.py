@@ -50,7 +50,7 @@ def is_transcriber(participant: api.ParticipantInfo, agent_name: str) -> bool:
     )
 
 
-async def _transcribers(
+async def live_transcribers(
     lkapi: api.LiveKitAPI, room: str, agent_name: str
 ) -> list[api.ParticipantInfo]:
     """The live transcribers, through the server API (they join hidden, so rooms do not
@@ -67,7 +67,7 @@ async def _transcribers(
 
 
 async def transcriber_in_room(lkapi: api.LiveKitAPI, room: str, agent_name: str) -> bool:
-    return bool(await _transcribers(lkapi, room, agent_name))
+    return bool(await live_transcribers(lkapi, room, agent_name))
 
 
 def joined_first(transcribers: list[api.ParticipantInfo], identity: str) -> bool:
@@ -75,6 +75,12 @@ def joined_first(transcribers: list[api.ParticipantInfo], identity: str) -> bool
     order = {p.identity: (p.joined_at_ms or p.joined_at * 1000, p.identity) for p in transcribers}
     me = order.get(identity, (math.inf, identity))  # not listed yet: every listed one is earlier
     return all(me <= other for other in order.values())
+
+
+async def still_first(lkapi: api.LiveKitAPI, room: rtc.Room, agent_name: str) -> bool:
+    """Whether this transcriber joined before every other live one in the room."""
+    transcribers = await live_transcribers(lkapi, room.name, agent_name)
+    return joined_first(transcribers, room.local_participant.identity)
 
 
 async def keep_room(
@@ -87,7 +93,7 @@ async def keep_room(
             return False
         identity = room.local_participant.identity
         try:
-            transcribers = await _transcribers(lkapi, room.name, agent_name)
+            transcribers = await live_transcribers(lkapi, room.name, agent_name)
         except Exception as e:
             # the check can fail, captioning must not: keep the room (rule 2 still holds)
             logger.warning("could not check the room for other transcribers (%s)", e)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from livekit import api, rtc
@@ -100,9 +100,12 @@ class RoomLease:
         *,
         ttl: float,
         index: LeaseIndex | None,
+        still_first: Callable[[], Awaitable[bool]],
         on_lost: Callable[[], None],
     ) -> None:
+        """`still_first` asks the server whether this transcriber is still the room's one."""
         self._lkapi = lkapi
+        self._still_first_check = still_first
         self._room = room
         self._ttl = ttl
         self._index = index
@@ -138,18 +141,33 @@ class RoomLease:
         missing = 0
         while True:
             started = time.monotonic()
+            lapsed = not self.still_held()
             outcome = await self._renew(interval)
-            if outcome == "missing" and self._room.isconnected():
+            if outcome == "missing" and self._connected():
                 missing += 1
-                if missing >= 2:  # twice: a restarted server may not know the room yet
-                    logger.warning("removed from the room, leaving", extra={"room": self._room.name})
-                    self._valid_until = 0.0
-                    self._on_lost()
-                    return
             elif outcome == "renewed":
                 missing = 0
-                self._valid_until = started + self._ttl
+                if lapsed and not await self._still_first():
+                    missing = 2
+                else:
+                    self._valid_until = started + self._ttl
+            if missing >= 2:  # twice: a restarted server may list the room before us
+                logger.warning("lost the room to another transcriber, leaving")
+                self._valid_until = 0.0
+                self._on_lost()
+                return
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    def _connected(self) -> bool:
+        return self._room.connection_state == rtc.ConnectionState.CONN_CONNECTED
+
+    async def _still_first(self) -> bool:
+        """After a lapse (frozen, or cut off), a transcriber that took over meanwhile
+        joined before this one came back, and keeps the room."""
+        try:
+            return await self._still_first_check()
+        except (api.TwirpError, asyncio.TimeoutError, aiohttp.ClientError):
+            return False  # not sure: stay silent and ask again at the next renewal
 
     async def _renew(self, timeout: float) -> str:
         until = now_ms() + int(self._ttl * 1000)

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, multiprocess
 
 from . import metrics
 from .captions import CaptionOutputs
-from .room_claim import RoomClaims, keep_room, transcriber_in_room
+from .room_claim import RoomClaims, keep_room, still_first, transcriber_in_room
 from .room_lease import LeaseIndex, RoomLease
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
@@ -148,6 +148,7 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.room,
         ttl=settings.lease_ttl,
         index=LeaseIndex(settings.redis_url, settings.agent_name) if settings.redis_url else None,
+        still_first=lambda: still_first(ctx.api, ctx.room, settings.agent_name),
         on_lost=lambda: ctx.shutdown("lost the room"),
     )
     lease.start()
