@@ -17,6 +17,11 @@ ACTIVE_ROOMS = Gauge(
 ACTIVE_TRACKS = Gauge(
     "transcriber_active_tracks", "Audio tracks being captioned", multiprocess_mode="livesum"
 )
+WAITING_TRACKS = Gauge(
+    "transcriber_waiting_tracks",
+    "Audio tracks left unsubscribed by a cap, captioned once it allows",
+    multiprocess_mode="livesum",
+)
 CAPTIONS_PUBLISHED = Counter(
     "transcriber_captions_published_total", "Captions published", ["kind"]
 )
