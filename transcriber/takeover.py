@@ -51,11 +51,16 @@ async def rescue(
     return True
 
 
-async def remove_ghosts(lkapi: api.LiveKitAPI, room: str, agent_name: str) -> None:
-    """Called by a transcriber that now holds the room: ghosts go now, not ~20 s later."""
+async def remove_ghosts(lkapi: api.LiveKitAPI, room: str, agent_name: str, *, me: str) -> None:
+    """Called by a transcriber that now holds the room: ghosts go now, not ~20 s later.
+    `me` is never one, even if a slow join outlasted the lease its token carries."""
     try:
         participants = await _participants(lkapi, room)
-        ghosts = [p for p in participants if is_transcriber(p, agent_name) and lease_lapsed(p)]
+        ghosts = [
+            p
+            for p in participants
+            if is_transcriber(p, agent_name) and lease_lapsed(p) and p.identity != me
+        ]
         await _remove(lkapi, room, ghosts)
     except _API_ERRORS as e:  # harmless: every check ignores them
         logger.warning("could not remove ghost transcribers (%s)", e, extra={"room": room})
@@ -126,9 +131,13 @@ class Takeover:
         )
         self._spawn(self._rescue(room, frozenset({identity})), f"rescue-{room}")
 
-    async def _rescue(self, room: str, dead: frozenset[str] = frozenset()) -> None:
+    async def _rescue(
+        self, room: str, dead: frozenset[str] = frozenset(), index: LeaseIndex | None = None
+    ) -> None:
         """Bounded retries: a dispatch LiveKit could not place (every worker reported a
-        load at its target) is made again once a transcriber failed to show up."""
+        load at its target) is made again once a transcriber failed to show up. A room
+        from the lease index that still fails (its node died and the cluster has not moved
+        it yet) goes back into the index, for any worker to try again shortly."""
         await self._report_load()
         for attempt in range(4):
             try:
@@ -140,6 +149,12 @@ class Takeover:
             except _API_ERRORS as e:
                 logger.warning("could not rescue the room (%s), retrying", e, extra={"room": room})
                 await asyncio.sleep(1.0 + attempt)
+        if index is not None:
+            try:
+                await index.renew(room, now_ms() + 2000)
+                return
+            except index.errors as e:
+                logger.warning("could not put the room back in the lease index (%s)", e)
         logger.error("no transcriber took over the room", extra={"room": room})
 
     async def _joined(self, lkapi: api.LiveKitAPI, room: str, *, timeout: float) -> bool:
@@ -169,6 +184,6 @@ class Takeover:
                     logger.warning("could not read the lease index (%s)", e)
                     continue
                 for room in rooms:
-                    self._spawn(self._rescue(room), f"rescue-{room}")
+                    self._spawn(self._rescue(room, index=index), f"rescue-{room}")
         finally:
             await index.aclose()

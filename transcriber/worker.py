@@ -153,7 +153,9 @@ async def entrypoint(ctx: JobContext) -> None:
     )
     lease.start()
     ctx.proc.userdata["lease"] = lease
-    await remove_ghosts(ctx.api, room_name, settings.agent_name)
+    await remove_ghosts(
+        ctx.api, room_name, settings.agent_name, me=ctx.room.local_participant.identity
+    )
 
     manager = RoomManager(
         ctx.room,
