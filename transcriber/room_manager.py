@@ -102,6 +102,10 @@ class RoomManager:
             for participant in self._room.remote_participants.values()
             for sid in participant.track_publications
         }
+        logger.info(
+            "reconnected, following the room's tracks again",
+            extra={"room": self._room.name, "tracks": sorted(published)},
+        )
         for sid in list(self._pipelines):
             if sid not in published:
                 self._close_pipeline(sid)
