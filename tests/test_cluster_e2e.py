@@ -1,10 +1,9 @@
 """A two-node LiveKit cluster (two livekit-server processes sharing one redis-server):
-dedup across nodes, and a node dying under a live meeting."""
+dedup across nodes, speakers and listeners on different nodes."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,14 +12,8 @@ import pytest
 from .conftest import WorkerProcess, worker_env
 from .livekit_server import LiveKitServer, RedisServer
 from .participants import CaptionListener, Speaker
-from .test_failures_e2e import GAPS, Outage, Talk, next_caption_after, record
+from .test_failures_e2e import Talk, next_caption_after
 from .test_worker_e2e import dispatch, transcribers_in
-from transcriber.room_lease import lease_lapsed
-
-
-async def live_transcribers(node: LiveKitServer, room: str) -> list[str]:
-    """Transcribers holding a lease; a ghost on a dead node may stay listed a while."""
-    return [p.identity for p in await transcribers_in(node, room) if not lease_lapsed(p)]
 
 
 @pytest.fixture
@@ -28,8 +21,6 @@ def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[list[LiveKitS
     nodes = [
         LiveKitServer.start(tmp_path / f"node-{i}.log", redis=redis_server) for i in range(2)
     ]
-    for i, node in enumerate(nodes):
-        node.log_path = tmp_path / f"node-{i}.log"  # type: ignore[attr-defined]
     yield nodes
     for node in nodes:
         if node.process.poll() is None:
@@ -69,70 +60,6 @@ async def test_ten_dispatches_over_both_nodes_give_one_transcriber_heard_across_
             assert len(await transcribers_in(node, room_name)) == 1
         finals = listener.finals("alice")
         assert len(finals) == len(set(finals)), f"a caption came twice: {finals}"
-        await alice.leave()
-        await listener.leave()
-    finally:
-        for worker in workers:
-            worker.stop()
-
-
-
-
-def hosting_node(cluster: list[LiveKitServer], room: str) -> LiveKitServer:
-    """The node that runs the room (its media and participants): only it logs their
-    sessions. Used to choose which node to kill, never to wait on."""
-    for node in cluster:
-        log = node.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
-        if "participant active" in log and room in log:
-            return node
-    raise AssertionError("no node hosts the room")
-
-
-async def test_the_node_hosting_a_meeting_dies_and_captions_resume_on_the_other(
-    cluster: list[LiveKitServer], redis_server: RedisServer, agent_name: str, room_name: str, tmp_path: Path
-) -> None:
-    workers = pool(cluster, redis_server, agent_name, tmp_path)
-    try:
-        alice = await Speaker(cluster[0], room_name, "alice").join()
-        listener = await CaptionListener(cluster[1], room_name).join()
-        await dispatch(cluster[0], agent_name, room_name)
-        talk = Talk(alice, tmp_path)
-        talk.start(seed=22)
-        await next_caption_after(listener, "alice", 0.0, timeout=40)
-        doomed = hosting_node(cluster, room_name)
-        survivor = next(node for node in cluster if node is not doomed)
-        await talk.stop()
-
-        outage = Outage(at=time.monotonic())
-        doomed.kill()
-        # the participants come back through a live node, as through a load balancer
-        for who in (alice, listener):
-            await asyncio.wait_for(who.room.disconnect(), 10)
-        alice = Speaker(survivor, room_name, "alice")
-        listener = CaptionListener(survivor, room_name)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                await listener.join()
-                await alice.join()
-                break
-            except Exception:  # the cluster still routes the room to the dead node
-                assert time.monotonic() < deadline, "could not rejoin the room"
-                await asyncio.sleep(1.0)
-        back = time.monotonic()
-        talk = Talk(alice, tmp_path / "after")
-        (tmp_path / "after").mkdir()
-        talk.start(seed=23)
-        outage.resumed = await next_caption_after(listener, "alice", back, timeout=40)
-        GAPS.setdefault("node death, from the first participant's return", []).append(
-            round(outage.resumed - back, 2)
-        )
-        print(f"\nnode death: rejoined {back - outage.at:.1f} s after the kill, captions "
-              f"{outage.resumed - back:.2f} s after that")
-        record("node death, from the kill", [outage])
-        assert outage.resumed - back <= 15.0
-        await talk.stop()
-        assert len(await live_transcribers(survivor, room_name)) == 1
         await alice.leave()
         await listener.leave()
     finally:

@@ -95,6 +95,10 @@ class Outage:
     resumed: float = 0.0
 
 
+IN_FLIGHT = 0.3
+"""Seconds after a death within which a caption received was sent before it."""
+
+
 async def next_caption_after(listener: CaptionListener, speaker: str, after: float, timeout: float = 30) -> float:
     await listener.wait_for(
         lambda: any(c.received_at > after for c in listener.of(speaker)), timeout
@@ -162,7 +166,7 @@ async def test_a_killed_job_process_is_replaced_and_captions_resume(
         await asyncio.sleep(random.uniform(1.0, 2.5))  # anywhere in a sentence
         outage = Outage(at=time.monotonic())
         os.kill(pid, signal.SIGKILL)
-        outage.resumed = await next_caption_after(listener, "alice", outage.at)
+        outage.resumed = await next_caption_after(listener, "alice", outage.at + IN_FLIGHT)
         outages.append(outage)
         assert len(await transcribers_in(livekit_server, room_name)) == 1
     await asyncio.sleep(4.0)
@@ -195,7 +199,7 @@ async def test_a_killed_worker_is_replaced_by_another_worker(
         await asyncio.sleep(random.uniform(1.0, 2.5))
         outage = Outage(at=time.monotonic())
         os.killpg(doomed.process.pid, signal.SIGKILL)  # the whole pod
-        outage.resumed = await next_caption_after(listener, "alice", outage.at)
+        outage.resumed = await next_caption_after(listener, "alice", outage.at + IN_FLIGHT)
         outages.append(outage)
         survivor_dir, _ = await wait_pid(list(workers), timeout=1)
         assert survivor_dir in workers
@@ -232,7 +236,7 @@ async def test_a_frozen_transcriber_that_resumes_steps_aside_without_publishing(
     outage = Outage(at=time.monotonic())
     os.kill(frozen, signal.SIGSTOP)
     try:
-        outage.resumed = await next_caption_after(listener, "alice", outage.at)
+        outage.resumed = await next_caption_after(listener, "alice", outage.at + IN_FLIGHT)
         await asyncio.sleep(3.0)  # well past the takeover; the frozen one still holds audio
         published_while_frozen = published_by(metrics_dir, frozen)
     finally:

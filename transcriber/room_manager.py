@@ -109,6 +109,7 @@ class RoomManager:
         for sid in list(self._pipelines):
             if sid not in published:
                 self._close_pipeline(sid)
+        self._pending.clear()  # asked for while the connection was down: ask again
         self._scan()
 
     async def aclose(self) -> None:
@@ -155,7 +156,10 @@ class RoomManager:
         """Subscribes to a track if the caps allow, else leaves it unsubscribed (its audio
         is not even received) until `_admit_waiting` finds room for it."""
         sid = publication.sid
-        if self._closed or sid in self._pipelines or sid in self._pending:
+        if self._closed or sid in self._pipelines:
+            return
+        if sid in self._pending:
+            publication.set_subscribed(True)  # idempotent; a request may have been lost
             return
         if (cap := self._cap_reached(participant.identity)) is not None:
             self._wait(publication, participant, cap)
