@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .livekit_server import API_SECRET, ROOT, LiveKitServer, free_port
+from .livekit_server import API_SECRET, ROOT, LiveKitServer, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +23,13 @@ def livekit_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveKit
     server = LiveKitServer.start(log)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    redis = RedisServer.start(tmp_path_factory.mktemp("redis") / "redis-server.log")
+    yield redis
+    redis.stop()
 
 
 @pytest.fixture

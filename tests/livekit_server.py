@@ -47,20 +47,32 @@ class LiveKitServer:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, log_path: Path, attempts: int = 3) -> LiveKitServer:
-        """Free ports are picked before the server binds them, so another process on the
-        machine can take one meanwhile: then the server is started again on others."""
+    def start(
+        cls,
+        log_path: Path,
+        *,
+        redis: RedisServer | None = None,
+        port: int | None = None,
+        attempts: int = 3,
+    ) -> LiveKitServer:
+        """`redis` makes it a node of the cluster sharing that Redis; `port` reuses an
+        address (a restart). Free ports are picked before the server binds them, so another
+        process on the machine can take one meanwhile: then it is started again on others."""
         for attempt in range(attempts):
             try:
-                return cls._start(log_path)
+                return cls._start(log_path, redis=redis, port=port)
             except PortTaken:
-                if attempt == attempts - 1:
+                if attempt == attempts - 1 or port is not None:
                     raise
         raise AssertionError("unreachable")
 
     @classmethod
-    def _start(cls, log_path: Path) -> LiveKitServer:
-        port, tcp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
+    def _start(
+        cls, log_path: Path, *, redis: RedisServer | None, port: int | None
+    ) -> LiveKitServer:
+        port = port or free_port()
+        tcp_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
+        cluster = f"redis:\n  address: {redis.address}\n" if redis else ""
         config = f"""
 port: {port}
 bind_addresses: ["127.0.0.1"]
@@ -73,8 +85,8 @@ keys:
   {API_KEY}: {API_SECRET}
 logging:
   level: info
-"""
-        log = open(log_path, "wb")
+{cluster}"""
+        log = open(log_path, "ab")
         process = subprocess.Popen(
             [server_binary(), "--dev", "--node-ip", "127.0.0.1", "--config-body", config],
             stdout=log,
@@ -106,6 +118,15 @@ logging:
                 time.sleep(0.1)
         raise RuntimeError(f"livekit-server did not start in {timeout:.0f} s")
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self) -> None:
+        """As when a node dies: no goodbye to anyone."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -133,3 +154,44 @@ logging:
             .with_grants(api.VideoGrants(room_join=True, room=room))
             .to_jwt()
         )
+
+
+@dataclass
+class RedisServer:
+    """Debian's redis-server (installed by scripts/setup), in memory only, on 127.0.0.1."""
+
+    address: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.address}/0"
+
+    @classmethod
+    def start(cls, log_path: Path) -> RedisServer:
+        port = free_port()
+        process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no"],
+            stdout=open(log_path, "wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {log_path.read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return cls(address=f"127.0.0.1:{port}", process=process)
+            except OSError:
+                time.sleep(0.1)
+        process.kill()
+        raise RuntimeError("redis-server did not start in 10 s")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

@@ -31,7 +31,7 @@ from livekit.agents.types import (
 from .caption_stream import CaptionSink
 from .captions import Caption
 
-logger = logging.getLogger("transcriber.caption_outputs")
+logger = logging.getLogger(__name__)
 
 ATTRIBUTE_LANGUAGE = "language"
 ATTRIBUTE_HISTORY = "transcriber.history"

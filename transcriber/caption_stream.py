@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from livekit.agents import utils
@@ -21,7 +22,7 @@ from livekit.agents import utils
 from . import metrics
 from .captions import Caption
 
-logger = logging.getLogger("transcriber.caption_stream")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,15 @@ class SinkQueue:
 
 
 class _SinkRunner:
-    def __init__(self, sink: CaptionSink, options: StreamOptions, log_extra: dict[str, str]):
+    def __init__(
+        self,
+        sink: CaptionSink,
+        options: StreamOptions,
+        log_extra: dict[str, str],
+        may_publish: Callable[[], bool],
+    ):
         self.sink = sink
+        self._may_publish = may_publish
         self.queue = SinkQueue(options.max_pending)
         self.busy_since: float | None = None
         self.stalled = False
@@ -134,6 +142,8 @@ class _SinkRunner:
 
     async def _run(self) -> None:
         while (item := await self.queue.get()) is not None:
+            if not self._may_publish():
+                continue  # queued before this process froze and lost the room: never sent
             self.busy_since = time.monotonic()
             try:
                 if isinstance(item, Caption):
@@ -179,9 +189,15 @@ class CaptionStream:
         options: StreamOptions | None = None,
         *,
         log_extra: dict[str, str] | None = None,
+        may_publish: Callable[[], bool] = lambda: True,
     ) -> None:
+        """`may_publish` says whether this process still holds the room (`room_lease`):
+        captions are checked on entry and again right before each sink takes them."""
         self._opts = options or StreamOptions()
-        self._runners = [_SinkRunner(s, self._opts, log_extra or {}) for s in sinks]
+        self._may_publish = may_publish
+        self._runners = [
+            _SinkRunner(s, self._opts, log_extra or {}, may_publish) for s in sinks
+        ]
         self._closed = False
         self._watch = asyncio.create_task(self._watch_sinks(), name="caption-sinks-watch")
 
@@ -190,7 +206,7 @@ class CaptionStream:
         return [runner.sink for runner in self._runners]
 
     def publish(self, caption: Caption) -> None:
-        if self._closed:
+        if self._closed or not self._may_publish():
             return
         metrics.CAPTIONS_PUBLISHED.labels(kind="final" if caption.final else "interim").inc()
         for runner in self._runners:

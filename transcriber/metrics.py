@@ -7,14 +7,20 @@ before any job starts) lets the main process serve every process's numbers.
 from __future__ import annotations
 
 import asyncio
+import os
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
 ACTIVE_ROOMS = Gauge(
     "transcriber_active_rooms", "Rooms being captioned", multiprocess_mode="livesum"
 )
 ACTIVE_TRACKS = Gauge(
     "transcriber_active_tracks", "Audio tracks being captioned", multiprocess_mode="livesum"
+)
+WAITING_TRACKS = Gauge(
+    "transcriber_waiting_tracks",
+    "Audio tracks left unsubscribed by a cap, captioned once it allows",
+    multiprocess_mode="livesum",
 )
 CAPTIONS_PUBLISHED = Counter(
     "transcriber_captions_published_total", "Captions published", ["kind"]
@@ -95,3 +101,11 @@ TRANSLATIONS_SKIPPED = Counter(
     "Finals or interims not translated: the translator failed, or a lane fell too far behind",
     ["reason"],
 )
+
+
+
+def forget_process(pid: int) -> None:
+    """Called in the main process when a job process exits: its live gauges (rooms,
+    tracks) leave the sums at once, even when it was killed before it could decrement them."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        multiprocess.mark_process_dead(pid)

@@ -14,6 +14,9 @@ Three rules keep exactly one in the room and never interrupt the one already cap
    timestamps) keeps the room and the others leave before captioning anything. Each
    asks the server at once on joining and again `join_settle_time` later, so joins
    that happened at the same moment are all listed.
+
+Every check counts only live transcribers: one whose lease lapsed is the ghost of a dead
+process (see `room_lease`), and a takeover dispatch may replace it on any worker.
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ from collections.abc import Callable
 from livekit import api, rtc
 from livekit.agents import JobRequest
 
+from .room_lease import LEASE_ATTRIBUTE, first_lease, lease_lapsed
+
 logger = logging.getLogger(__name__)
 
 AGENT_ATTRIBUTE = "transcriber.agent"
 """Participant attribute naming the transcriber's agent; `kind` AGENT makes it trustworthy
 (only tokens with the agent grant can join as agents)."""
+
+TAKEOVER_METADATA = "transcriber.takeover"
+"""Dispatch metadata of a takeover (`takeover.rescue`): the worker that ran the dead job
+may take the room again, so only the server's list decides."""
 
 
 def is_transcriber(participant: api.ParticipantInfo, agent_name: str) -> bool:
@@ -41,21 +50,24 @@ def is_transcriber(participant: api.ParticipantInfo, agent_name: str) -> bool:
     )
 
 
-async def _transcribers(
+async def live_transcribers(
     lkapi: api.LiveKitAPI, room: str, agent_name: str
 ) -> list[api.ParticipantInfo]:
-    """Through the server API: transcribers join hidden, so rooms do not show them."""
+    """The live transcribers, through the server API (they join hidden, so rooms do not
+    show them)."""
     try:
         response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
     except api.TwirpError as e:
         if e.code == api.TwirpErrorCode.NOT_FOUND:
             return []
         raise
-    return [p for p in response.participants if is_transcriber(p, agent_name)]
+    return [
+        p for p in response.participants if is_transcriber(p, agent_name) and not lease_lapsed(p)
+    ]
 
 
 async def transcriber_in_room(lkapi: api.LiveKitAPI, room: str, agent_name: str) -> bool:
-    return bool(await _transcribers(lkapi, room, agent_name))
+    return bool(await live_transcribers(lkapi, room, agent_name))
 
 
 def joined_first(transcribers: list[api.ParticipantInfo], identity: str) -> bool:
@@ -63,6 +75,12 @@ def joined_first(transcribers: list[api.ParticipantInfo], identity: str) -> bool
     order = {p.identity: (p.joined_at_ms or p.joined_at * 1000, p.identity) for p in transcribers}
     me = order.get(identity, (math.inf, identity))  # not listed yet: every listed one is earlier
     return all(me <= other for other in order.values())
+
+
+async def still_first(lkapi: api.LiveKitAPI, room: rtc.Room, agent_name: str) -> bool:
+    """Whether this transcriber joined before every other live one in the room."""
+    transcribers = await live_transcribers(lkapi, room.name, agent_name)
+    return joined_first(transcribers, room.local_participant.identity)
 
 
 async def keep_room(
@@ -75,7 +93,7 @@ async def keep_room(
             return False
         identity = room.local_participant.identity
         try:
-            transcribers = await _transcribers(lkapi, room.name, agent_name)
+            transcribers = await live_transcribers(lkapi, room.name, agent_name)
         except Exception as e:
             # the check can fail, captioning must not: keep the room (rule 2 still holds)
             logger.warning("could not check the room for other transcribers (%s)", e)
@@ -96,12 +114,14 @@ class RoomClaims:
         api_key: str,
         api_secret: str,
         running_rooms: Callable[[], set[str]],
+        lease_ttl: float,
         launch_window: float = 5.0,
     ) -> None:
         self._agent_name = agent_name
         self._running_rooms = running_rooms
         self._api_args = {"url": livekit_url, "api_key": api_key, "api_secret": api_secret}
         self._launch_window = launch_window
+        self._lease_ttl = lease_ttl
         self._accepted_at: dict[str, float] = {}
         """Rooms accepted but maybe not launched yet (a launched job is in running_rooms)."""
 
@@ -111,7 +131,8 @@ class RoomClaims:
         self._accepted_at = {
             r: t for r, t in self._accepted_at.items() if now - t < self._launch_window
         }
-        if room in self._accepted_at or room in self._running_rooms():
+        takeover = request.job.metadata == TAKEOVER_METADATA
+        if not takeover and (room in self._accepted_at or room in self._running_rooms()):
             logger.info("already in or joining this room, refusing", extra={"room": room})
             await request.reject()
             return
@@ -133,5 +154,8 @@ class RoomClaims:
         await request.accept(
             name="Transcriber",
             identity=f"agent-{request.job.id}",
-            attributes={AGENT_ATTRIBUTE: self._agent_name},
+            attributes={
+                AGENT_ATTRIBUTE: self._agent_name,
+                LEASE_ATTRIBUTE: first_lease(self._lease_ttl),
+            },
         )

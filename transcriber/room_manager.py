@@ -55,12 +55,15 @@ class RoomManager:
         options: RoomOptions,
         *,
         sinks: list[CaptionSink],
+        may_publish: Callable[[], bool] = lambda: True,
         on_empty: Callable[[], None],
         worker_tracks: Callable[[], int],
     ) -> None:
         """`worker_tracks` counts the tracks captioned by every room of this worker."""
         self._room = room
-        self.captions = CaptionStream(sinks, log_extra={"room": room.name})
+        self.captions = CaptionStream(
+            sinks, log_extra={"room": room.name}, may_publish=may_publish
+        )
         self._stt = stt
         self._vad = vad
         self._worker_tracks = worker_tracks
@@ -68,6 +71,11 @@ class RoomManager:
         self._on_empty = on_empty
         self._pipelines: dict[str, TrackPipeline] = {}
         self._owners: dict[str, str] = {}  # track sid → participant identity
+        self._pending: dict[str, str] = {}
+        """Tracks asked for and not subscribed yet (they count against the caps)."""
+        self._waiting: dict[str, tuple[rtc.RemoteTrackPublication, rtc.RemoteParticipant]] = {}
+        """Tracks a cap refused: left unsubscribed, picked up once the cap allows."""
+        self._waiting_timer: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self._empty_timer: asyncio.Task[None] | None = None
         self._closed = False
@@ -90,15 +98,39 @@ class RoomManager:
         room.on("participant_connected", self._on_participant_connected)
         room.on("participant_disconnected", self._on_participant_disconnected)
         room.on("participant_attributes_changed", self._on_attributes_changed)
+        room.on("reconnected", self._on_reconnected)
         for participant in room.remote_participants.values():
             self._update_language(participant)
         self._check_targets()
-        for participant in room.remote_participants.values():
+        self._scan()
+
+    def _scan(self) -> None:
+        """Follows every audio track the room has now (at start, after a reconnection)."""
+        for participant in self._room.remote_participants.values():
             for publication in participant.track_publications.values():
                 self._on_track_published(publication, participant)
                 if publication.track is not None and publication.subscribed:
                     self._on_track_subscribed(publication.track, publication, participant)
         self._check_empty()
+
+    def _on_reconnected(self) -> None:
+        """After the server came back (restart, node change) tracks may have new ids and
+        participants may be gone without an event: close what is no longer published,
+        follow what is."""
+        published = {
+            sid
+            for participant in self._room.remote_participants.values()
+            for sid in participant.track_publications
+        }
+        logger.info(
+            "reconnected, following the room's tracks again",
+            extra={"room": self._room.name, "tracks": sorted(published)},
+        )
+        for sid in list(self._pipelines):
+            if sid not in published:
+                self._close_pipeline(sid)
+        self._pending.clear()  # asked for while the connection was down: ask again
+        self._scan()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -113,10 +145,15 @@ class RoomManager:
             ("participant_connected", self._on_participant_connected),
             ("participant_disconnected", self._on_participant_disconnected),
             ("participant_attributes_changed", self._on_attributes_changed),
+            ("reconnected", self._on_reconnected),
         ):
             self._room.off(event, handler)
         if self._empty_timer is not None:
             await utils.aio.cancel_and_wait(self._empty_timer)
+        if self._waiting_timer is not None:
+            await utils.aio.cancel_and_wait(self._waiting_timer)
+        self._waiting.clear()
+        metrics.WAITING_TRACKS.set(0)
         for sid in list(self._pipelines):
             self._close_pipeline(sid)
         if self._closing:
@@ -133,7 +170,61 @@ class RoomManager:
         self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
     ) -> None:
         if publication.kind == rtc.TrackKind.KIND_AUDIO and self._eligible(participant):
-            publication.set_subscribed(True)
+            self._request(publication, participant)
+
+    def _request(
+        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        """Subscribes to a track if the caps allow, else leaves it unsubscribed (its audio
+        is not even received) until `_admit_waiting` finds room for it."""
+        sid = publication.sid
+        if self._closed or sid in self._pipelines:
+            return
+        if sid in self._pending:
+            publication.set_subscribed(True)  # idempotent; a request may have been lost
+            return
+        if (cap := self._cap_reached(participant.identity)) is not None:
+            self._wait(publication, participant, cap)
+            return
+        if self._waiting.pop(sid, None) is not None:
+            metrics.WAITING_TRACKS.set(len(self._waiting))
+        self._pending[sid] = participant.identity
+        publication.set_subscribed(True)
+
+    def _wait(
+        self,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+        cap: tuple[str, str],
+    ) -> None:
+        if publication.subscribed:
+            publication.set_subscribed(False)
+        if publication.sid in self._waiting:
+            return
+        scope, limit = cap
+        extra = {"room": self._room.name, "participant": participant.identity, "track": publication.sid}
+        logger.warning("%s limit reached (%s), not captioning this track for now", scope, limit, extra=extra)
+        metrics.LIMIT_REACHED.labels(cap=scope).inc()
+        self._waiting[publication.sid] = (publication, participant)
+        metrics.WAITING_TRACKS.set(len(self._waiting))
+        if self._waiting_timer is None or self._waiting_timer.done():
+            self._waiting_timer = asyncio.create_task(self._admit_waiting_while_any())
+
+    def _admit_waiting(self) -> None:
+        for sid, (publication, participant) in list(self._waiting.items()):
+            if publication.sid not in participant.track_publications or (
+                participant.identity not in self._room.remote_participants
+            ):
+                del self._waiting[sid]  # unpublished, or its participant left
+                metrics.WAITING_TRACKS.set(len(self._waiting))
+            elif self._cap_reached(participant.identity) is None:
+                self._request(publication, participant)
+
+    async def _admit_waiting_while_any(self, interval: float = 2.0) -> None:
+        """The worker-wide cap frees up in other rooms, which send no event here."""
+        while self._waiting:
+            await asyncio.sleep(interval)
+            self._admit_waiting()
 
     def _on_track_subscribed(
         self,
@@ -141,6 +232,7 @@ class RoomManager:
         publication: rtc.RemoteTrackPublication,
         participant: rtc.RemoteParticipant,
     ) -> None:
+        self._pending.pop(track.sid, None)
         if self._closed or track.kind != rtc.TrackKind.KIND_AUDIO or track.sid in self._pipelines:
             return
         if not self._eligible(participant):
@@ -149,9 +241,7 @@ class RoomManager:
             return  # left while the subscription was completing
         extra = {"room": self._room.name, "participant": participant.identity, "track": track.sid}
         if (cap := self._cap_reached(participant.identity)) is not None:
-            scope, limit = cap
-            logger.warning("%s limit reached (%s), not captioning this track", scope, limit, extra=extra)
-            metrics.LIMIT_REACHED.labels(cap=scope).inc()
+            self._wait(publication, participant, cap)  # another room took the worker's last
             return
         logger.info("captioning track", extra=extra)
         self._owners[track.sid] = participant.identity
@@ -175,12 +265,12 @@ class RoomManager:
     def _cap_reached(self, identity: str) -> tuple[str, str] | None:
         """The cap a new track of this participant would exceed: (scope, limit)."""
         opts = self._opts
-        owned = sum(1 for owner in self._owners.values() if owner == identity)
-        if owned >= opts.max_tracks_per_participant:
+        owners = [*self._owners.values(), *self._pending.values()]
+        if owners.count(identity) >= opts.max_tracks_per_participant:
             return "participant", f"{opts.max_tracks_per_participant} tracks"
-        if len(self._pipelines) >= opts.max_tracks_per_room:
+        if len(owners) >= opts.max_tracks_per_room:
             return "room", f"TRANSCRIBER_MAX_TRACKS_PER_ROOM={opts.max_tracks_per_room}"
-        if self._worker_tracks() >= opts.max_tracks_per_worker:
+        if self._worker_tracks() + len(self._pending) >= opts.max_tracks_per_worker:
             return "worker", f"TRANSCRIBER_MAX_TRACKS={opts.max_tracks_per_worker}"
         return None
 
@@ -195,6 +285,9 @@ class RoomManager:
     def _on_track_unpublished(
         self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
     ) -> None:
+        self._pending.pop(publication.sid, None)
+        if self._waiting.pop(publication.sid, None) is not None:
+            metrics.WAITING_TRACKS.set(len(self._waiting))
         self._close_pipeline(publication.sid)
 
     def _on_track_muted(
@@ -290,6 +383,8 @@ class RoomManager:
         task = asyncio.create_task(self._finish(sid, pipeline), name=f"close-track-{sid}")
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+        if not self._closed:
+            self._admit_waiting()
 
     async def _finish(self, sid: str, pipeline: TrackPipeline) -> None:
         await pipeline.aclose()

@@ -163,6 +163,12 @@ class Settings:
     drain_timeout: float = 600.0
     """On SIGTERM, how long current rooms keep being captioned before the worker exits."""
     translation: TranslationSettings = field(default_factory=TranslationSettings)
+    lease_ttl: float = 4.0
+    """Seconds a transcriber's room lease lasts; renewed every quarter of it. A transcriber
+    whose lease lapsed is taken for dead and replaced (`room_lease`)."""
+    redis_url: str = field(default="", repr=False)
+    """The LiveKit cluster's Redis: lets every worker find rooms whose transcriber died
+    with its whole worker. Empty: only a worker's own dead jobs are replaced."""
 
     def __post_init__(self) -> None:
         if self.vad_gating is None:
@@ -249,6 +255,8 @@ class Settings:
             metrics_port=reader.port("TRANSCRIBER_METRICS_PORT", default=cls.metrics_port),
             drain_timeout=reader.seconds("TRANSCRIBER_DRAIN_TIMEOUT", default=cls.drain_timeout),
             translation=_translation_settings(reader),
+            lease_ttl=reader.seconds("TRANSCRIBER_LEASE_TTL", default=cls.lease_ttl),
+            redis_url=reader.text("TRANSCRIBER_REDIS_URL"),
         )
         _check(settings)
         return settings
@@ -299,6 +307,16 @@ def _read_speechmatics(reader: _EnvReader) -> SpeechmaticsSettings:
 def _check(settings: Settings) -> None:
     """What no single variable decides: combinations of them."""
     providers, language = settings.stt_providers, settings.language
+    if settings.lease_ttl < 2:
+        raise SettingsError(
+            f"TRANSCRIBER_LEASE_TTL={settings.lease_ttl:g} would take live transcribers for "
+            "dead: use at least 2 seconds"
+        )
+    if settings.redis_url and not re.fullmatch(r"(rediss?|unix)://\S+", settings.redis_url):
+        raise SettingsError(
+            "TRANSCRIBER_REDIS_URL is not a Redis URL: use redis://host:6379/0 "
+            "(rediss:// for TLS)"
+        )
     if language not in settings.languages:
         raise SettingsError(
             f"TRANSCRIBER_LANGUAGES={','.join(settings.languages)!r} does not include "

@@ -54,7 +54,7 @@ import numpy as np
 from livekit import rtc
 from livekit.agents import utils, vad
 
-logger = logging.getLogger("transcriber.speech_gate")
+logger = logging.getLogger(__name__)
 
 DETECTION_ALLOWANCE = 1.0
 """Seconds the ring keeps beyond the pre-roll: how late a VAD may confirm speech."""

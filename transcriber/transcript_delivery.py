@@ -32,7 +32,7 @@ from livekit.agents import utils
 from .transcript import Transcript
 from .transcript_journal import JOURNAL_SUFFIX, read_journal
 
-logger = logging.getLogger("transcriber.transcript_delivery")
+logger = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {408, 425, 429}
 

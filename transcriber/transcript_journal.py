@@ -26,7 +26,7 @@ from .captions import Caption
 from .transcript import Transcript, TranscriptSegment
 from .translation import translated_segment_id
 
-logger = logging.getLogger("transcriber.transcript_journal")
+logger = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".journal"
 

@@ -46,7 +46,7 @@ from .languages import (
 )
 from .translators import Translator
 
-logger = logging.getLogger("transcriber.translation")
+logger = logging.getLogger(__name__)
 
 ATTRIBUTE_TRANSLATED = "translated"
 ATTRIBUTE_SOURCE_SEGMENT_ID = "transcriber.source_segment_id"
@@ -82,11 +82,13 @@ class TranslationSink(CaptionSink):
         policy: LanguagePolicy,
         options: TranslationOptions | None = None,
         on_translated: Callable[[str, Caption, str], Awaitable[None]] | None = None,
+        may_publish: Callable[[], bool] = lambda: True,
     ) -> None:
         """`on_translated(target, original, text)` is awaited for each final translation
         published (the transcript keeps them)."""
         self._room = room
         self._on_translated = on_translated
+        self._may_publish = may_publish
         self._translator = translator
         self._policy = policy
         self._opts = options or TranslationOptions()
@@ -137,7 +139,7 @@ class TranslationSink(CaptionSink):
                 await self._on_translated(target, caption, text.strip())
 
     async def _publish(self, target: str, caption: Caption, text: str, readers: list[str]) -> None:
-        if not self._room.isconnected():
+        if not self._room.isconnected() or not self._may_publish():
             return
         attributes = {
             ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: translated_segment_id(caption.segment_id, target),

@@ -27,7 +27,7 @@ from livekit.agents import APIConnectionError, APIError, APIStatusError, APITime
 from . import metrics
 from .settings import TranslationSettings
 
-logger = logging.getLogger("transcriber.translation")
+logger = logging.getLogger(__name__)
 
 MAX_TEXT = 5000
 """Characters of one caption sent at most: captions are sentences, and this bounds the cost

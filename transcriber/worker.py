@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, utils
@@ -26,12 +27,14 @@ from . import metrics
 from .caption_outputs import LegacyMode, LegacyOutput, TextStreamOutput
 from .caption_stream import CaptionSink
 from .languages import LanguagePolicy
-from .room_claim import RoomClaims, keep_room, transcriber_in_room
+from .room_claim import RoomClaims, keep_room, still_first, transcriber_in_room
+from .room_lease import LeaseIndex, RoomLease
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
 from .speech_gate import GateOptions
 from .status_server import StatusServer
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad, traits
+from .takeover import Takeover, remove_ghosts
 from .track_pipeline import PipelineOptions
 from .transcript_delivery import DeliveryOptions, TranscriptOutbox
 from .transcript_journal import TranscriptLimits, TranscriptSink
@@ -91,12 +94,21 @@ def build_server(settings: Settings) -> AgentServer:
         )
         server.outbox = outbox
         server.on("worker_started", outbox.start)
+    api_args = {
+        "url": settings.livekit_url,
+        "api_key": settings.livekit_api_key,
+        "api_secret": settings.livekit_api_secret,
+    }
     claims = RoomClaims(
         agent_name=settings.agent_name,
         livekit_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret,
         running_rooms=lambda: {job.job.room.name for job in server.active_jobs},
+        lease_ttl=settings.lease_ttl,
+    )
+    Takeover(
+        server, agent_name=settings.agent_name, api_args=api_args, redis_url=settings.redis_url
     )
     server.rtc_session(
         entrypoint,
@@ -215,12 +227,27 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.shutdown("duplicate transcriber")
         return
 
+    lease = RoomLease(
+        ctx.api,
+        ctx.room,
+        ttl=settings.lease_ttl,
+        index=LeaseIndex(settings.redis_url, settings.agent_name) if settings.redis_url else None,
+        still_first=lambda: still_first(ctx.api, ctx.room, settings.agent_name),
+        on_lost=lambda: ctx.shutdown("lost the room"),
+    )
+    lease.start()
+    ctx.proc.userdata["lease"] = lease
+    await remove_ghosts(
+        ctx.api, room_name, settings.agent_name, me=ctx.room.local_participant.identity
+    )
+
     manager = RoomManager(
         ctx.room,
         ctx.proc.userdata["stt"],
         ctx.proc.userdata["gate_vad"],
         room_options(settings),
-        sinks=await caption_sinks(settings, ctx),
+        sinks=await caption_sinks(settings, ctx, may_publish=lease.still_held),
+        may_publish=lease.still_held,
         on_empty=lambda: ctx.shutdown("room empty"),
         worker_tracks=active_tracks_in_worker,
     )
@@ -231,7 +258,9 @@ async def entrypoint(ctx: JobContext) -> None:
     logger.info("captioning room", extra={"room": room_name})
 
 
-async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink]:
+async def caption_sinks(
+    settings: Settings, ctx: JobContext, *, may_publish: Callable[[], bool]
+) -> list[CaptionSink]:
     """The outputs on the room's caption stream, from the settings."""
     room = ctx.room
     created = room.creation_time.timestamp()
@@ -269,6 +298,7 @@ async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink
                 policy=language_policy(settings),
                 options=TranslationOptions(interims=settings.translation.interims),
                 on_translated=transcript.add_translation if transcript is not None else None,
+                may_publish=may_publish,
             )
         )
     return sinks
@@ -316,3 +346,6 @@ async def close_room(ctx: JobContext) -> None:
         metrics.ACTIVE_ROOMS.dec()
     if (lag_watch := ctx.proc.userdata.pop("lag_watch", None)) is not None:
         await utils.aio.cancel_and_wait(lag_watch)
+    lease: RoomLease | None = ctx.proc.userdata.pop("lease", None)
+    if lease is not None:
+        await lease.aclose()
