@@ -99,6 +99,11 @@ class Caption:
     text: str
     final: bool
     received_at: float
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def history(self) -> bool:
+        return self.attributes.get("transcriber.history") == "true"
 
 
 @dataclass
@@ -139,6 +144,7 @@ class CaptionListener:
                 text=text,
                 final=attributes.get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true",
                 received_at=time.monotonic(),
+                attributes=dict(attributes),
             )
         )
 
@@ -160,6 +166,29 @@ class CaptionListener:
                     received_at=time.monotonic(),
                 )
             )
+
+    def meet_view(self, speaker: str, *, before: float | None = None) -> str:
+        """What La Suite Meet's subtitles show for the speaker (at monotonic time `before`):
+        its reducer keeps the first legacy event of each segment id, ignores later ones,
+        and joins the texts of a speaker's consecutive segments."""
+        seen: set[str] = set()
+        shown: list[str] = []
+        for caption in self.of(speaker, "legacy"):
+            if before is not None and caption.received_at >= before:
+                break
+            if caption.segment_id not in seen:
+                seen.add(caption.segment_id)
+                shown.append(caption.text)
+        return " ".join(shown)
+
+    def by_id_view(self, output: str, speaker: str) -> list[Caption]:
+        """What a reader that updates segments by id shows (components-react
+        `useTrackTranscription`, `useTranscriptions`): the latest of each segment id, in
+        the order the ids first arrived."""
+        latest: dict[str, Caption] = {}
+        for caption in self.of(speaker, output):
+            latest[caption.segment_id] = caption
+        return list(latest.values())
 
     def of(self, speaker: str, output: str = "text_stream") -> list[Caption]:
         return [c for c in self.captions if c.speaker == speaker and c.output == output]

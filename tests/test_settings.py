@@ -134,3 +134,37 @@ def test_worker_exits_with_one_line_for_an_unusable_whisper_model(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TRANSCRIBER_LEGACY_MODE": "interims"}, "TRANSCRIBER_LEGACY_MODE='interims' is not one of"),
+        ({"TRANSCRIBER_HISTORY_FINALS": "-1"}, "TRANSCRIBER_HISTORY_FINALS='-1' is not a count"),
+        ({"TRANSCRIBER_TRANSCRIPT_MAX_FINALS": "-5"}, "TRANSCRIBER_TRANSCRIPT_MAX_FINALS='-5' is not a count"),
+        (
+            {"TRANSCRIBER_TRANSCRIPT_WEBHOOK_URL": "ftp://backend/transcripts"},
+            "TRANSCRIBER_TRANSCRIPT_WEBHOOK_URL='ftp://backend/transcripts' is not an http(s) URL",
+        ),
+        ({"TRANSCRIBER_TRANSCRIPT_DIR": "/proc/transcripts"}, "TRANSCRIBER_TRANSCRIPT_DIR='/proc/transcripts' is not a writable directory"),
+        (
+            {"TRANSCRIBER_TRANSCRIPT_WEBHOOK_URL": "https://backend/t", "TRANSCRIBER_JOURNAL_DIR": "/proc/j"},
+            "TRANSCRIBER_JOURNAL_DIR='/proc/j' is not a writable directory",
+        ),
+    ],
+)
+def test_bad_transcript_and_output_settings_name_the_variable_and_the_fix(
+    env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({**BASE, **env})
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_transcripts_are_off_by_default_and_journal_beside_the_directory(tmp_path) -> None:
+    assert not Settings.from_env(BASE).transcript_enabled
+    settings = Settings.from_env({**BASE, "TRANSCRIBER_TRANSCRIPT_DIR": str(tmp_path / "t")})
+    assert settings.transcript_enabled
+    assert settings.journal_path == tmp_path / "t" / ".journal"
+    assert settings.history_finals == 20 and settings.legacy_mode == "stable"

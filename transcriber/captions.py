@@ -1,182 +1,198 @@
-"""Caption publisher: turns one track's STT events into captions in the room.
+"""Captions: what one track's STT says, turned into the room's caption records.
 
 Each STT segment becomes interim captions then exactly one final, all under one segment
-id, sent on behalf of the speaker through both outputs clients listen to:
-- `lk.transcription` text streams (livekit-client `registerTextStreamHandler`,
-  components-react `useTranscriptions`), one short stream per update carrying the full text;
-- legacy transcription events (`RoomEvent.TranscriptionReceived`).
+id. A `Caption` carries everything an output needs (speaker, track, language, wall-clock
+times), so outputs never reach back into the pipeline. `SegmentTracker` does the turning,
+one per track; the captions go to the room's caption stream (`caption_stream`).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from livekit import rtc
 from livekit.agents import stt, utils
-from livekit.agents.types import (
-    ATTRIBUTE_TRANSCRIPTION_FINAL,
-    ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID,
-    ATTRIBUTE_TRANSCRIPTION_TRACK_ID,
-    TOPIC_TRANSCRIPTION,
-)
+from livekit.agents.utils import is_given
 
-from . import metrics
-
-logger = logging.getLogger("transcriber.captions")
+MAX_NAME_CHARS = 128
+"""Names and identities are participant-controlled: outputs get them cleaned and bounded."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
-@dataclass(frozen=True, kw_only=True)
-class CaptionOutputs:
-    text_streams: bool = True
-    legacy_transcriptions: bool = True
+@dataclass(frozen=True)
+class CaptionWord:
+    text: str
+    start: float
+    end: float
+    """Wall-clock seconds (Unix time)."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class Caption:
     segment_id: str
-    text: str
-    final: bool
+    speaker_identity: str
+    speaker_name: str
+    track_sid: str
     language: str
-    start_time: float
-    end_time: float
+    final: bool
+    start: float
+    end: float
+    """Wall-clock seconds (Unix time) of the caption's first and last audio."""
+    text: str
+    stable: tuple[CaptionWord, ...] = ()
+    """Leading words the STT says will not change (all of them, on a final); outputs that
+    cannot take text back publish only these."""
 
 
-class CaptionPublisher:
-    """Publishes the captions of one speaker's track.
+def clean_label(value: str) -> str:
+    """A name or identity safe to print anywhere: no control characters, bounded."""
+    return _CONTROL.sub(" ", value).strip()[:MAX_NAME_CHARS]
 
-    Not thread-safe and not re-entrant: the track pipeline feeds it events in order.
+
+@dataclass
+class _Segment:
+    id: str
+    text: str = ""
+    start: float | None = None
+    stable: tuple[CaptionWord, ...] = ()
+    language: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Speaker:
+    identity: str
+    name: str
+    track_sid: str
+
+
+@dataclass
+class SegmentTracker:
+    """Turns one track's STT events into captions, in order, through `emit`.
+
+    `wall_time(position)` maps a position of the STT stream (seconds) to the wall-clock
+    time its audio arrived. Not thread-safe: the track pipeline feeds it events in order.
     """
 
-    def __init__(
-        self,
-        room: rtc.Room,
-        *,
-        speaker_identity: str,
-        track_sid: str,
-        outputs: CaptionOutputs,
-    ) -> None:
-        self._room = room
-        self._speaker = speaker_identity
-        self._track_sid = track_sid
-        self._outputs = outputs
-        self._segment_id: str | None = None
-        self._last_interim: Caption | None = None
-        self.interims_published = 0
-        self.finals_published = 0
+    speaker: Speaker
+    emit: Callable[[Caption], None]
+    wall_time: Callable[[float], float]
+    language: str = ""
+    finals: int = 0
+    _segment: _Segment | None = field(default=None, init=False)
 
-    @property
-    def segment_open(self) -> bool:
-        return self._segment_id is not None
-
-    async def on_speech_event(self, event: stt.SpeechEvent) -> None:
-        if event.type == stt.SpeechEventType.INTERIM_TRANSCRIPT and event.alternatives:
-            await self._interim(event.alternatives[0])
-        elif event.type == stt.SpeechEventType.FINAL_TRANSCRIPT and event.alternatives:
-            await self._final(event.alternatives[0])
-        elif event.type == stt.SpeechEventType.END_OF_SPEECH:
+    def on_speech_event(self, event: stt.SpeechEvent) -> None:
+        kind = event.type
+        if kind == stt.SpeechEventType.END_OF_SPEECH:
             # STTs that drop an empty final (the words were withdrawn) end speech without one
-            await self.close_open_segment()
+            self.close_open_segment()
+        elif not event.alternatives:
+            return
+        elif kind == stt.SpeechEventType.INTERIM_TRANSCRIPT:
+            self._interim(event.alternatives[0])
+        elif kind == stt.SpeechEventType.PREFLIGHT_TRANSCRIPT:
+            self._stable(event.alternatives[0])
+        elif kind == stt.SpeechEventType.FINAL_TRANSCRIPT:
+            self._final(event.alternatives[0])
 
-    async def close_open_segment(self) -> None:
+    def close_open_segment(self) -> None:
         """Closes a segment the STT left without a final (its input ended mid-sentence),
         so clients never keep a caption that is still 'in progress' forever."""
-        if self._segment_id is not None and self._last_interim is not None:
-            last = self._last_interim
-            await self._publish(
-                Caption(
-                    segment_id=self._segment_id,
-                    text=last.text,
-                    final=True,
-                    language=last.language,
-                    start_time=last.start_time,
-                    end_time=last.end_time,
-                )
-            )
-        self._segment_id = None
-        self._last_interim = None
+        segment, self._segment = self._segment, None
+        if segment is not None and segment.text:
+            self._emit(segment, segment.text, final=True, end=None, stable=_closing_words(segment))
 
-    async def _interim(self, data: stt.SpeechData) -> None:
+    def _open(self, data: stt.SpeechData) -> _Segment:
+        if self._segment is None:
+            self._segment = _Segment(id=utils.shortuuid("SG_"))
+        segment = self._segment
+        if segment.start is None:
+            segment.start = self.wall_time(data.start_time)
+        segment.language = str(data.language or self.language)
+        return segment
+
+    def _interim(self, data: stt.SpeechData) -> None:
         text = data.text.strip()
         if not text:
             return
-        if self._segment_id is None:
-            self._segment_id = utils.shortuuid("SG_")
-        caption = _caption(self._segment_id, text, data, final=False)
-        self._last_interim = caption
-        await self._publish(caption)
+        segment = self._open(data)
+        segment.text = text
+        self._emit(segment, text, final=False, end=data.end_time, stable=segment.stable)
 
-    async def _final(self, data: stt.SpeechData) -> None:
+    def _stable(self, data: stt.SpeechData) -> None:
+        words = self._words(data)
+        if not words:
+            return
+        segment = self._open(data)
+        segment.stable = words
+        if not segment.text:
+            segment.text = data.text.strip()
+        self._emit(segment, segment.text, final=False, end=data.end_time, stable=words)
+
+    def _final(self, data: stt.SpeechData) -> None:
         text = data.text.strip()
-        if not text and self._segment_id is None:
-            return
-        if not text and self._last_interim is not None:
+        segment = self._segment
+        if not text:
+            if segment is None or not segment.text:
+                return
             # the STT withdrew what it showed; close the segment with what users saw
-            text = self._last_interim.text
-        segment_id = self._segment_id or utils.shortuuid("SG_")
-        self._segment_id = None
-        self._last_interim = None
-        await self._publish(_caption(segment_id, text, data, final=True))
-
-    async def _publish(self, caption: Caption) -> None:
-        if not self._room.isconnected():
+            self.close_open_segment()
             return
-        if caption.final:
-            self.finals_published += 1
-        else:
-            self.interims_published += 1
-        metrics.CAPTIONS_PUBLISHED.labels(kind="final" if caption.final else "interim").inc()
-        if self._outputs.text_streams:
-            await self._publish_text_stream(caption)
-        if self._outputs.legacy_transcriptions:
-            await self._publish_legacy(caption)
+        segment = self._open(data)
+        self._segment = None
+        self._emit(segment, text, final=True, end=data.end_time, stable=self._words(data))
 
-    async def _publish_text_stream(self, caption: Caption) -> None:
-        attributes = {
-            ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID: caption.segment_id,
-            ATTRIBUTE_TRANSCRIPTION_FINAL: "true" if caption.final else "false",
-            ATTRIBUTE_TRANSCRIPTION_TRACK_ID: self._track_sid,
-        }
-        try:
-            writer = await self._room.local_participant.stream_text(
-                topic=TOPIC_TRANSCRIPTION,
-                sender_identity=self._speaker,
-                attributes=attributes,
+    def _emit(
+        self,
+        segment: _Segment,
+        text: str,
+        *,
+        final: bool,
+        end: float | None,
+        stable: tuple[CaptionWord, ...],
+    ) -> None:
+        now = time.time()
+        start = segment.start if segment.start is not None else now
+        end_wall = max(start, self.wall_time(end) if end is not None else now)
+        if final:
+            self.finals += 1
+        self.emit(
+            Caption(
+                segment_id=segment.id,
+                speaker_identity=self.speaker.identity,
+                speaker_name=self.speaker.name,
+                track_sid=self.speaker.track_sid,
+                language=segment.language or self.language,
+                final=final,
+                start=start,
+                end=end_wall,
+                text=text,
+                stable=stable,
             )
-            await writer.write(caption.text)
-            await writer.aclose()
-        except Exception as e:  # the room may be going away; never fail the pipeline
-            if self._room.isconnected():
-                logger.warning("failed to publish caption text stream: %s", e)
-
-    async def _publish_legacy(self, caption: Caption) -> None:
-        segment = rtc.TranscriptionSegment(
-            id=caption.segment_id,
-            text=caption.text,
-            start_time=int(caption.start_time * 1000),
-            end_time=int(caption.end_time * 1000),
-            language=caption.language,
-            final=caption.final,
         )
-        try:
-            await self._room.local_participant.publish_transcription(
-                rtc.Transcription(
-                    participant_identity=self._speaker,
-                    track_sid=self._track_sid,
-                    segments=[segment],
-                )
-            )
-        except Exception as e:
-            if self._room.isconnected():
-                logger.warning("failed to publish legacy transcription: %s", e)
+
+    def _words(self, data: stt.SpeechData) -> tuple[CaptionWord, ...]:
+        timed = [w for w in data.words or () if str(w).strip()]
+        if not timed or not all(is_given(w.start_time) and is_given(w.end_time) for w in timed):
+            return _spread(data.text, self.wall_time(data.start_time), self.wall_time(data.end_time))
+        return tuple(
+            CaptionWord(str(w).strip(), self.wall_time(w.start_time), self.wall_time(w.end_time))
+            for w in timed
+        )
 
 
-def _caption(segment_id: str, text: str, data: stt.SpeechData, *, final: bool) -> Caption:
-    return Caption(
-        segment_id=segment_id,
-        text=text,
-        final=final,
-        language=str(data.language or ""),
-        start_time=data.start_time,
-        end_time=data.end_time,
+def _closing_words(segment: _Segment) -> tuple[CaptionWord, ...]:
+    """All words of a segment closed without a final: the stable ones, then the rest."""
+    rest = segment.text.split()[len(segment.stable) :]
+    start = segment.stable[-1].end if segment.stable else (segment.start or time.time())
+    return segment.stable + _spread(" ".join(rest), start, max(start, time.time()))
+
+
+def _spread(text: str, start: float, end: float) -> tuple[CaptionWord, ...]:
+    """Word times for an STT that gives none: spread evenly over the caption."""
+    words = text.split()
+    step = (end - start) / max(len(words), 1)
+    return tuple(
+        CaptionWord(w, start + i * step, start + (i + 1) * step) for i, w in enumerate(words)
     )

@@ -59,3 +59,8 @@ async def watch_event_loop_lag(interval: float = 0.5) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
+CAPTIONS_DROPPED = Counter(
+    "transcriber_captions_dropped_total",
+    "Captions a caption output lost because it fell too far behind (a broken output)",
+    ["sink"],
+)

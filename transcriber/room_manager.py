@@ -16,6 +16,8 @@ from livekit.agents import utils
 from livekit.agents.vad import VAD
 
 from . import metrics
+from .caption_stream import CaptionSink, CaptionStream
+from .captions import Speaker, clean_label
 from .stt_failover import FailoverSTT
 from .track_pipeline import PipelineOptions, TrackPipeline, TrackUsage
 
@@ -36,8 +38,10 @@ class RoomOptions:
 
 
 class RoomManager:
-    """Owns every track pipeline of one room; `aclose()` closes them all, each publishing
-    its last final while the room is still connected."""
+    """Owns every track pipeline of one room and the room's caption stream, into which
+    every pipeline publishes and from which every output (`sinks`) reads; `aclose()`
+    closes the pipelines, each publishing its last final, then lets the outputs finish,
+    while the room is still connected."""
 
     def __init__(
         self,
@@ -46,11 +50,13 @@ class RoomManager:
         vad: VAD,
         options: RoomOptions,
         *,
+        sinks: list[CaptionSink],
         on_empty: Callable[[], None],
         worker_tracks: Callable[[], int],
     ) -> None:
         """`worker_tracks` counts the tracks captioned by every room of this worker."""
         self._room = room
+        self.captions = CaptionStream(sinks, log_extra={"room": room.name})
         self._stt = stt
         self._vad = vad
         self._worker_tracks = worker_tracks
@@ -103,6 +109,7 @@ class RoomManager:
             self._close_pipeline(sid)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        await self.captions.aclose()
         logger.info("room closed", extra={"room": self._room.name, **self.usage.log_fields()})
 
     def _eligible(self, participant: rtc.RemoteParticipant) -> bool:
@@ -136,10 +143,16 @@ class RoomManager:
             return
         logger.info("captioning track", extra=extra)
         self._owners[track.sid] = participant.identity
+        speaker = Speaker(
+            identity=participant.identity,
+            name=clean_label(participant.name or participant.identity),
+            track_sid=track.sid,
+        )
         self._pipelines[track.sid] = TrackPipeline(
             room=self._room,
             track=track,
-            speaker_identity=participant.identity,
+            speaker=speaker,
+            captions=self.captions.publish,
             stt=self._stt,
             vad=self._vad,
             options=self._opts.pipeline,
@@ -178,6 +191,8 @@ class RoomManager:
             pipeline.flush()
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.kind != _AGENT:
+            self.captions.participant_joined(participant.identity)  # history, for (re)joiners
         self._check_empty()
 
     def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
@@ -204,7 +219,7 @@ class RoomManager:
             extra={
                 "room": self._room.name,
                 "track": sid,
-                "finals": pipeline.publisher.finals_published,
+                "finals": pipeline.finals,
                 "active_tracks": len(self._pipelines),
                 "closing_tracks": len(self._closing) - 1,
                 **pipeline.usage.log_fields(),

@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 BUILTIN_PROVIDERS = ("local", "deepgram", "speechmatics")
 _PROVIDER_KEYS = {"deepgram": "DEEPGRAM_API_KEY", "speechmatics": "SPEECHMATICS_API_KEY"}
@@ -83,6 +84,24 @@ class Settings:
     """Publish captions as `lk.transcription` text streams (livekit-client >= 2.9)."""
     legacy_transcriptions: bool = True
     """Also publish legacy transcription events (`RoomEvent.TranscriptionReceived`)."""
+    legacy_mode: str = "stable"
+    """What legacy transcription events carry: `stable` (each newly stable run of words as
+    its own final segment: live and complete in every reader, La Suite Meet included),
+    `final` (one final per segment) or `updates` (interims then the final, one id)."""
+    history_finals: int = 20
+    """Last finals sent to a participant who joins or rejoins (0: none)."""
+    transcript_dir: str = ""
+    """Where each meeting's transcript is written (.vtt, .txt, .json); empty: nowhere."""
+    transcript_webhook_url: str = ""
+    """Where each meeting's transcript JSON is POSTed, signed; empty: nowhere."""
+    transcript_max_finals: int = 20000
+    transcript_max_bytes: int = 5_000_000
+    """Bounds on one room's transcript (finals, bytes of text)."""
+    transcript_retry_timeout: float = 3600.0
+    """Seconds a failing transcript delivery is retried before it is set aside."""
+    journal_dir: str = ""
+    """Where transcripts are journaled while a meeting runs; empty: a `.journal` folder
+    in the transcript directory, else ~/.local/state/transcriber/journal."""
     transcribe_agents: bool = False
     """Caption participants of kind AGENT too (the transcriber itself never is)."""
 
@@ -147,6 +166,22 @@ class Settings:
             stt_idle_close=reader.seconds("TRANSCRIBER_STT_IDLE_CLOSE", default=30.0),
             text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=True),
             legacy_transcriptions=reader.flag("TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=True),
+            legacy_mode=reader.choice(
+                "TRANSCRIBER_LEGACY_MODE", default="stable", choices=("stable", "final", "updates")
+            ),
+            history_finals=reader.count("TRANSCRIBER_HISTORY_FINALS", default=20, low=0, high=1000),
+            transcript_dir=reader.directory("TRANSCRIBER_TRANSCRIPT_DIR"),
+            transcript_webhook_url=reader.http_url("TRANSCRIBER_TRANSCRIPT_WEBHOOK_URL"),
+            transcript_max_finals=reader.count(
+                "TRANSCRIBER_TRANSCRIPT_MAX_FINALS", default=20000, high=1_000_000
+            ),
+            transcript_max_bytes=reader.count(
+                "TRANSCRIBER_TRANSCRIPT_MAX_BYTES", default=5_000_000, low=1000, high=1_000_000_000
+            ),
+            transcript_retry_timeout=reader.seconds(
+                "TRANSCRIBER_TRANSCRIPT_RETRY_TIMEOUT", default=3600.0
+            ),
+            journal_dir=reader.directory("TRANSCRIBER_JOURNAL_DIR"),
             transcribe_agents=reader.flag("TRANSCRIBER_TRANSCRIBE_AGENTS", default=False),
             empty_room_timeout=reader.seconds("TRANSCRIBER_EMPTY_ROOM_TIMEOUT", default=30.0),
             join_settle_time=reader.seconds("TRANSCRIBER_JOIN_SETTLE_TIME", default=1.0),
@@ -181,7 +216,29 @@ class Settings:
                 "TRANSCRIBER_TEXT_STREAMS and TRANSCRIBER_LEGACY_TRANSCRIPTIONS are both off: "
                 "enable at least one caption output"
             )
+        if settings.transcript_enabled:
+            journal = settings.journal_path
+            try:
+                _prepare_directory(journal)
+            except OSError as e:
+                raise SettingsError(
+                    f"cannot keep transcript journals in {journal} ({e.strerror}): set "
+                    "TRANSCRIBER_JOURNAL_DIR to a directory this user can write"
+                ) from None
         return settings
+
+    @property
+    def transcript_enabled(self) -> bool:
+        return bool(self.transcript_dir or self.transcript_webhook_url)
+
+    @property
+    def journal_path(self) -> Path:
+        if self.journal_dir:
+            return Path(self.journal_dir)
+        if self.transcript_dir:
+            return Path(self.transcript_dir) / ".journal"
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "transcriber" / "journal"
 
 
 class _EnvReader:
@@ -229,15 +286,42 @@ class _EnvReader:
             raise SettingsError(f"{name}={value!r} is not a port number: use 0 to 65535")
         return int(value)
 
-    def count(self, name: str, *, default: int, low: int = 1) -> int:
+    def count(self, name: str, *, default: int, low: int = 1, high: int = 10000) -> int:
         value = self.text(name)
         if not value:
             return default
-        if not value.isdigit() or not low <= int(value) <= 10000:
+        if not value.isdigit() or not low <= int(value) <= high:
             raise SettingsError(
-                f"{name}={value!r} is not a count: use a whole number from {low} to 10000"
+                f"{name}={value!r} is not a count: use a whole number from {low} to {high}"
             )
         return int(value)
+
+    def choice(self, name: str, *, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise SettingsError(f"{name}={value!r} is not one of: use {', '.join(choices)}")
+        return value
+
+    def http_url(self, name: str) -> str:
+        value = self.text(name)
+        if value and not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", value):
+            raise SettingsError(
+                f"{name}={value!r} is not an http(s) URL: use https://host/path"
+            )
+        return value
+
+    def directory(self, name: str) -> str:
+        """A directory the worker can write in, created if missing; empty stays empty."""
+        value = self.text(name)
+        if value:
+            try:
+                _prepare_directory(Path(value))
+            except OSError as e:
+                raise SettingsError(
+                    f"{name}={value!r} is not a writable directory ({e.strerror}): "
+                    "create it for this user or choose another"
+                ) from None
+        return value
 
     def url(self, name: str, *, default: str) -> str:
         value = self.text(name, default)
@@ -295,3 +379,12 @@ class _EnvReader:
         if not providers:
             raise SettingsError(f"{name} is empty: use one of {', '.join(BUILTIN_PROVIDERS)}")
         return providers
+
+
+def _prepare_directory(path: Path) -> None:
+    """Creates the directory (0700: transcripts are private) if missing and checks that
+    this user can write in it; raises OSError otherwise."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    probe = path / f".probe-{os.getpid()}"
+    probe.touch(mode=0o600)
+    probe.unlink()

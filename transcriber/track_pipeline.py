@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from livekit import rtc
@@ -20,7 +21,7 @@ from livekit.agents import stt, utils
 from livekit.agents.vad import VAD
 
 from . import metrics
-from .captions import CaptionOutputs, CaptionPublisher
+from .captions import Caption, SegmentTracker, Speaker
 from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
 from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
 
@@ -34,7 +35,8 @@ class PipelineOptions:
     """Audio per frame from the track: every frame costs Python work on the event loop, and
     50 ms frames cost a quarter of the SDK's default 10 ms (capacity benchmark) for at most
     50 ms of added latency."""
-    outputs: CaptionOutputs = CaptionOutputs()
+    language: str = "en"
+    """Captions say this language when the STT does not."""
     drain_timeout: float = 5.0
     """How long closing waits for the STT to deliver the last final."""
     gate: GateOptions | None = None
@@ -80,7 +82,8 @@ class TrackPipeline:
         *,
         room: rtc.Room,
         track: rtc.Track,
-        speaker_identity: str,
+        speaker: Speaker,
+        captions: Callable[[Caption], None],
         stt: FailoverSTT,
         vad: VAD,
         options: PipelineOptions,
@@ -89,12 +92,12 @@ class TrackPipeline:
         self._opts = options
         self._log_extra = {
             "room": room.name,
-            "participant": speaker_identity,
+            "participant": speaker.identity,
             "track": track.sid,
         }
-        self.publisher = CaptionPublisher(
-            room, speaker_identity=speaker_identity, track_sid=track.sid, outputs=options.outputs
-        )
+        self._speaker = speaker
+        self._captions = captions
+        self.finals = 0
         self.usage = TrackUsage()
         self._audio = rtc.AudioStream.from_track(
             track=track,
@@ -136,7 +139,6 @@ class TrackPipeline:
         await self._audio.aclose()
         if self._gate is not None:
             await self._gate.aclose()
-        await self.publisher.close_open_segment()
 
     async def _run(self) -> None:
         if self._gate is not None:
@@ -194,9 +196,15 @@ class TrackPipeline:
                 stream.end_input()
 
     async def _consume(self, stream: FailoverStream, clock: _ArrivalClock) -> None:
+        segments = SegmentTracker(
+            speaker=self._speaker,
+            emit=self._captions,
+            wall_time=clock.wall_time,
+            language=self._opts.language,
+        )
         try:
             async for event in stream:
-                await self.publisher.on_speech_event(event)
+                segments.on_speech_event(event)
                 if event.alternatives and event.type in _CAPTIONS:
                     arrived = clock.at(event.alternatives[0].end_time)
                     if arrived is not None:
@@ -206,6 +214,8 @@ class TrackPipeline:
         except Exception:
             logger.exception("STT stream failed", extra=self._log_extra)
         finally:
+            segments.close_open_segment()
+            self.finals += segments.finals
             if self._stream is stream:
                 self._stream = None
             await stream.aclose()
@@ -237,6 +247,12 @@ class _ArrivalClock:
         while self._ends and end - self._ends[0] > self._keep:
             self._ends.popleft()
             self._times.popleft()
+
+    def wall_time(self, position: float) -> float:
+        """Wall-clock time the audio up to `position` arrived (now, if not recorded)."""
+        arrived = self.at(position)
+        now = time.monotonic()
+        return time.time() - (now - arrived if arrived is not None else 0.0)
 
     def at(self, position: float) -> float | None:
         if position <= 0 or not self._ends:

@@ -13,13 +13,16 @@ import logging
 import math
 import os
 import tempfile
+import time
+from pathlib import Path
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, utils
 from livekit.agents.worker import WorkerPermissions, _DefaultLoadCalc
 from prometheus_client import CollectorRegistry, multiprocess
 
 from . import metrics
-from .captions import CaptionOutputs
+from .caption_outputs import LegacyMode, LegacyOutput, TextStreamOutput
+from .caption_stream import CaptionSink
 from .room_claim import RoomClaims, keep_room, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
@@ -27,12 +30,26 @@ from .speech_gate import GateOptions
 from .status_server import StatusServer
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad
 from .track_pipeline import PipelineOptions
+from .transcript_delivery import DeliveryOptions, TranscriptOutbox
+from .transcript_journal import TranscriptLimits, TranscriptSink
 
 logger = logging.getLogger("transcriber.worker")
 
 
+class TranscriberServer(AgentServer):
+    """The worker's main process. It outlives its job processes, so it delivers the
+    transcripts they journal (`transcript_delivery`), and flushes them before it exits."""
+
+    outbox: TranscriptOutbox | None = None
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.outbox is not None:
+            await self.outbox.aclose()
+
+
 def build_server(settings: Settings) -> AgentServer:
-    server = AgentServer(
+    server = TranscriberServer(
         ws_url=settings.livekit_url,
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret,
@@ -52,6 +69,19 @@ def build_server(settings: Settings) -> AgentServer:
     )
     if settings.metrics_port:
         StatusServer(server, port=settings.metrics_port)
+    if settings.transcript_enabled:
+        outbox = TranscriptOutbox(
+            DeliveryOptions(
+                journal_dir=settings.journal_path,
+                transcript_dir=Path(settings.transcript_dir) if settings.transcript_dir else None,
+                webhook_url=settings.transcript_webhook_url or None,
+                api_key=settings.livekit_api_key,
+                api_secret=settings.livekit_api_secret,
+                retry_timeout=settings.transcript_retry_timeout,
+            )
+        )
+        server.outbox = outbox
+        server.on("worker_started", outbox.start)
     claims = RoomClaims(
         agent_name=settings.agent_name,
         livekit_url=settings.livekit_url,
@@ -137,6 +167,7 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.proc.userdata["stt"],
         ctx.proc.userdata["vad"],
         room_options(settings),
+        sinks=await caption_sinks(settings, ctx),
         on_empty=lambda: ctx.shutdown("room empty"),
         worker_tracks=active_tracks_in_worker,
     )
@@ -145,6 +176,39 @@ async def entrypoint(ctx: JobContext) -> None:
     manager.start()
     metrics.ACTIVE_ROOMS.inc()
     logger.info("captioning room", extra={"room": room_name})
+
+
+async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink]:
+    """The outputs on the room's caption stream, from the settings."""
+    room = ctx.room
+    created = room.creation_time.timestamp()
+    started_at = created if 0 < created <= time.time() else time.time()
+    sinks: list[CaptionSink] = []
+    if settings.text_streams:
+        sinks.append(TextStreamOutput(room, history_finals=settings.history_finals))
+    if settings.legacy_transcriptions:
+        sinks.append(
+            LegacyOutput(
+                room,
+                mode=LegacyMode(settings.legacy_mode),
+                history_finals=settings.history_finals,
+                started_at=started_at,
+            )
+        )
+    if settings.transcript_enabled:
+        sinks.append(
+            TranscriptSink(
+                settings.journal_path,
+                room=room.name,
+                room_sid=await room.sid,
+                started_at=started_at,
+                limits=TranscriptLimits(
+                    max_finals=settings.transcript_max_finals,
+                    max_bytes=settings.transcript_max_bytes,
+                ),
+            )
+        )
+    return sinks
 
 
 def room_options(settings: Settings) -> RoomOptions:
@@ -160,10 +224,7 @@ def room_options(settings: Settings) -> RoomOptions:
     return RoomOptions(
         pipeline=PipelineOptions(
             sample_rate=SAMPLE_RATE,
-            outputs=CaptionOutputs(
-                text_streams=settings.text_streams,
-                legacy_transcriptions=settings.legacy_transcriptions,
-            ),
+            language=settings.language,
             drain_timeout=settings.track_drain_timeout,
             gate=gate,
         ),
