@@ -30,7 +30,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from web import serve
 
 from .livekit_server import ROOT, LiveKitServer
-from .participants import Speaker
+from .participants import CaptionListener, Speaker
 from .test_worker_e2e import dispatch, speak, wait_transcriber
 from .tone_stt import script_words, utterance_audio, write_wav
 
@@ -181,6 +181,38 @@ async def test_page_shows_each_sentence_as_interims_then_a_final_under_its_speak
     assert viewer.errors == []
     for speaker in speakers:
         await speaker.leave()
+
+
+async def test_late_joining_page_marks_the_earlier_captions_it_is_sent(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str,
+    browser: Browser, page_url: str, tmp_path: Path,
+) -> None:
+    worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
+    present = await CaptionListener(livekit_server, room_name).join()
+    alice = await Speaker(livekit_server, room_name, "alice").join()
+    await dispatch(livekit_server, agent_name, room_name)
+    await wait_transcriber(livekit_server, room_name)
+    await worker.wait_captioning(alice.track_sid)
+    before = script_words(2, seed=31)
+    await speak(alice, before, tmp_path)
+    await present.wait_for(lambda: len(present.finals("alice")) >= 2)
+
+    late = await CaptionsPage.open(browser, page_url, room_name, name="Late")
+    earlier = late.page.locator("#captions > li.caption.history.final")
+    await expect(earlier).to_have_count(2, timeout=10_000)
+    assert await earlier.locator("> .text").all_text_contents() == [" ".join(w) for w in before]
+    assert await earlier.locator("> .speaker").all_text_contents() == ["alice", "alice"]
+    await expect(earlier.locator("> .earlier")).to_have_text(["earlier", "earlier"])
+
+    after = script_words(1, seed=32)
+    await speak(alice, after, tmp_path)
+    await expect(late.finals("alice")).to_have_count(3, timeout=20_000)
+    live = late.page.locator("#captions > li.caption.final:not(.history)")
+    await expect(live.locator("> .text")).to_have_text([" ".join(after[0])])
+    await expect(live.locator(".earlier")).to_have_count(0)
+    assert late.errors == []
+    for who in (alice, present):
+        await who.leave()
 
 
 async def participant_track(server: LiveKitServer, room: str, identity: str) -> str:
