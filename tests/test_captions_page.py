@@ -112,7 +112,9 @@ class CaptionsPage:
         page.on("pageerror", lambda error: captions_page.errors.append(str(error)))
         await page.add_init_script(_RECORD_CAPTIONS)
         await page.goto(f"{url}?{urllib.parse.urlencode({'room': room, **params})}")
-        await expect(page.locator("#status")).to_have_attribute("data-state", "connected", timeout=30_000)
+        await expect(page.locator("#status")).to_have_attribute(
+            "data-state", "connected", timeout=30_000
+        )
         return captions_page
 
     def finals(self, speaker_name: str) -> Any:
@@ -142,8 +144,13 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 30) -> None:
 
 
 async def test_page_shows_each_sentence_as_interims_then_a_final_under_its_speaker(
-    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str,
-    browser: Browser, page_url: str, tmp_path: Path,
+    livekit_server: LiveKitServer,
+    start_worker,
+    agent_name: str,
+    room_name: str,
+    browser: Browser,
+    page_url: str,
+    tmp_path: Path,
 ) -> None:
     worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
     viewer = await CaptionsPage.open(browser, page_url, room_name, name="Viewer")
@@ -184,8 +191,13 @@ async def test_page_shows_each_sentence_as_interims_then_a_final_under_its_speak
 
 
 async def test_late_joining_page_marks_the_earlier_captions_it_is_sent(
-    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str,
-    browser: Browser, page_url: str, tmp_path: Path,
+    livekit_server: LiveKitServer,
+    start_worker,
+    agent_name: str,
+    room_name: str,
+    browser: Browser,
+    page_url: str,
+    tmp_path: Path,
 ) -> None:
     worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
     present = await CaptionListener(livekit_server, room_name).join()
@@ -228,8 +240,12 @@ async def participant_track(server: LiveKitServer, room: str, identity: str) -> 
 
 
 async def test_browser_microphone_is_captioned_under_its_own_name(
-    livekit_server: LiveKitServer, start_worker, agent_name: str, room_name: str,
-    browser: Browser, page_url: str,
+    livekit_server: LiveKitServer,
+    start_worker,
+    agent_name: str,
+    room_name: str,
+    browser: Browser,
+    page_url: str,
 ) -> None:
     worker = start_worker(TRANSCRIBER_AGENT_NAME=agent_name)
     viewer = await CaptionsPage.open(browser, page_url, room_name, name="Viewer")
@@ -248,7 +264,9 @@ async def test_browser_microphone_is_captioned_under_its_own_name(
     await expect(heard_whole.first).to_be_visible(timeout=30_000)
     for text in await viewer.final_texts("Bea Talks"):
         assert text in ("golf hotel india", "hotel india", "india"), text
-    await expect(talker.finals("Bea Talks").filter(has_text="golf hotel india").first).to_be_visible()
+    await expect(
+        talker.finals("Bea Talks").filter(has_text="golf hotel india").first
+    ).to_be_visible()
 
 
 class Impostor:
@@ -261,7 +279,8 @@ class Impostor:
 
     async def __aenter__(self) -> Impostor:
         await self.room.connect(
-            self.server.url, self.server.token(self.identity, self.room_name),
+            self.server.url,
+            self.server.token(self.identity, self.room_name),
             rtc.RoomOptions(auto_subscribe=False),
         )
         return self
@@ -269,7 +288,9 @@ class Impostor:
     async def __aexit__(self, *exc: object) -> None:
         await self.room.disconnect()
 
-    async def caption(self, segment_id: str, text: str, *, final: bool = True, **extra: str) -> None:
+    async def caption(
+        self, segment_id: str, text: str, *, final: bool = True, **extra: str
+    ) -> None:
         await self.room.local_participant.send_text(
             text,
             topic=TOPIC_TRANSCRIPTION,
@@ -295,10 +316,27 @@ async def test_caption_text_is_shown_as_text_never_as_html(
     assert await viewer.page.evaluate("window.__injected") is None
     transcript = await viewer.download_transcript()
     cue = [line for line in transcript.splitlines() if line.startswith("<v mallory>")]
-    assert cue == [
-        '<v mallory>&lt;img src=x onerror="window.__injected=1"&gt; --&gt; &amp; &lt;b&gt;bold&lt;/b&gt;'
-    ]
+    escaped = '&lt;img src=x onerror="window.__injected=1"&gt; --&gt; &amp; &lt;b&gt;bold&lt;/b&gt;'
+    assert cue == [f"<v mallory>{escaped}"]
     assert transcript.count("-->") == 1  # the cue's timing line only
+
+
+async def test_interim_text_is_provisional_until_its_final_replaces_it(
+    livekit_server: LiveKitServer, room_name: str, browser: Browser, page_url: str
+) -> None:
+    viewer = await CaptionsPage.open(browser, page_url, room_name)
+    row = viewer.page.locator('#captions > li.caption[data-segment="seg-i"]')
+    async with Impostor(livekit_server, room_name, "ana") as ana:
+        await ana.caption("seg-i", "good mor", final=False)
+        await expect(row).to_have_class("caption interim", timeout=15_000)
+        await expect(row.locator("> .text")).to_have_css("font-style", "italic")
+        await ana.caption("seg-i", "good morning")
+        await expect(row).to_have_class("caption final")
+        await ana.caption("seg-i", "good mo", final=False)  # late, after its final
+        await asyncio.sleep(1)
+    await expect(row.locator("> .text")).to_have_text("good morning")
+    await expect(row.locator("> .text")).to_have_css("font-style", "normal")
+    await expect(viewer.page.locator("#captions > li")).to_have_count(1)
 
 
 async def test_translations_are_shown_beside_their_original(
@@ -309,12 +347,18 @@ async def test_translations_are_shown_beside_their_original(
         await ana.caption("seg-1", "good morning", final=False, language="en")
         await ana.caption("seg-1", "good morning everyone", language="en")
         await ana.caption(
-            "seg-1-fr", "bonjour à tous", translated="true", language="fr",
+            "seg-1-fr",
+            "bonjour à tous",
+            translated="true",
+            language="fr",
             **{"transcriber.source_segment_id": "seg-1"},
         )
         # a translation that overtakes its original still ends up beside it
         await ana.caption(
-            "seg-2-de", "danke", translated="true", language="de",
+            "seg-2-de",
+            "danke",
+            translated="true",
+            language="de",
             **{"transcriber.source_segment_id": "seg-2"},
         )
         await ana.caption("seg-2", "thank you", language="en")
@@ -338,8 +382,13 @@ async def test_language_picker_sets_the_participant_language_attribute(
 
     async def language_is_fr() -> bool:
         async with livekit_server.api() as lkapi:
-            listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room_name))
-        return any(p.identity == "pierre" and p.attributes.get("language") == "fr" for p in listing.participants)
+            listing = await lkapi.room.list_participants(
+                api.ListParticipantsRequest(room=room_name)
+            )
+        return any(
+            p.identity == "pierre" and p.attributes.get("language") == "fr"
+            for p in listing.participants
+        )
 
     await wait_until(language_is_fr, timeout=15)
 
@@ -348,7 +397,9 @@ def _dev_server() -> serve.DevServer:
     return serve.DevServer(livekit_url="ws://127.0.0.1:7880", api_key="devkey", api_secret="s" * 32)
 
 
-async def _token_through_middleware(remote: str, host: str = "127.0.0.1:8090") -> web.StreamResponse:
+async def _token_through_middleware(
+    remote: str, host: str = "127.0.0.1:8090"
+) -> web.StreamResponse:
     app = serve.build_app(_dev_server())
     request = make_mocked_request(
         "GET", "/token?room=r1&identity=alice", headers={"Host": host}, app=app
@@ -369,14 +420,18 @@ async def test_token_endpoint_mints_a_room_token_for_loopback_clients_only_by_lo
     page_url: str, livekit_server: LiveKitServer
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{page_url}token", params={"room": "r1", "identity": "ann", "name": "Ann"}) as r:
+        async with http.get(
+            f"{page_url}token", params={"room": "r1", "identity": "ann", "name": "Ann"}
+        ) as r:
             assert r.status == 200
             body = await r.json()
         async with http.get(f"{page_url}token", params={"room": "r1", "identity": "<script>"}) as r:
             assert r.status == 400
         async with http.get(f"{page_url}token", headers={"Host": "rebound.example"}) as r:
             assert r.status == 403
-    claims = api.TokenVerifier(livekit_server.api_key, livekit_server.api_secret).verify(body["token"])
+    claims = api.TokenVerifier(livekit_server.api_key, livekit_server.api_secret).verify(
+        body["token"]
+    )
     assert (claims.identity, claims.name, claims.video.room) == ("ann", "Ann", "r1")
     assert body["url"] == livekit_server.url
 
@@ -384,7 +439,8 @@ async def test_token_endpoint_mints_a_room_token_for_loopback_clients_only_by_lo
 async def test_page_server_listens_on_loopback_only(page_url: str) -> None:
     port = int(urllib.parse.urlsplit(page_url).port or 0)
     listening = [
-        c.laddr for c in psutil.Process().net_connections("inet")
+        c.laddr
+        for c in psutil.Process().net_connections("inet")
         if c.status == psutil.CONN_LISTEN and c.laddr.port == port
     ]
     assert listening and all(serve.is_loopback(addr.ip) for addr in listening)

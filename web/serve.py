@@ -30,7 +30,11 @@ STATIC_FILES = {
     "/": WEB_DIR / "index.html",
     "/captions.js": WEB_DIR / "captions.js",
     "/captions.css": WEB_DIR / "captions.css",
-    "/livekit-client.js": WEB_DIR / "node_modules" / "livekit-client" / "dist" / "livekit-client.umd.js",
+    "/livekit-client.js": WEB_DIR
+    / "node_modules"
+    / "livekit-client"
+    / "dist"
+    / "livekit-client.umd.js",
 }
 _ROOM_OR_IDENTITY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _MAX_NAME = 64
@@ -49,7 +53,11 @@ class DevServer:
 
     @classmethod
     def from_env(cls) -> DevServer:
-        missing = [k for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET") if not os.environ.get(k)]
+        missing = [
+            k
+            for k in ("LIVEKIT_URL", "LIVEKIT_API_KEY", "LIVEKIT_API_SECRET")
+            if not os.environ.get(k)
+        ]
         if missing:
             raise SystemExit(
                 f"captions page: {', '.join(missing)} not set: set them in the environment or .env "
@@ -154,7 +162,9 @@ if __name__ == "__main__":
     from dotenv import load_dotenv
 
     load_dotenv()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     try:
         asyncio.run(_main(parser.parse_args().port))
