@@ -106,7 +106,7 @@ function placeTranslation(segment) {
   }
   // its original is not on the page (yet): show it on its own until that arrives
   const standalone = document.createElement("li");
-  standalone.className = "caption";
+  standalone.className = "caption standalone";
   standalone.style.setProperty("--speaker-colour", speakerColour(segment.speaker));
   standalone.append(span("speaker", speakerName(segment.speaker)));
   const list = document.createElement("ul");
@@ -139,9 +139,10 @@ function addSegment(caption) {
   }
   while (segments.size > MAX_SEGMENTS) {
     const [oldestId, oldest] = segments.entries().next().value;
-    oldest.row.remove();
+    const top = oldest.row.closest("#captions > li");
+    (top?.classList.contains("standalone") ? top : oldest.row).remove();
     segments.delete(oldestId);
-    waitingForOriginal.delete(oldestId);
+    waitingForOriginal.delete(oldest.translated ? oldest.source : oldestId);
   }
   return segment;
 }
@@ -160,7 +161,13 @@ function showCaption(caption) {
 }
 
 async function onCaptionStream(reader, participantInfo) {
-  const text = await reader.readAll();
+  let text;
+  try {
+    text = await reader.readAll();
+  } catch (error) {
+    console.warn(`caption stream ${reader.info.id} incomplete: ${error.message}`);
+    return;
+  }
   showCaption(parseCaption(text, reader.info.attributes, participantInfo.identity));
 }
 
