@@ -34,6 +34,10 @@ def server_binary() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
+class PortTaken(RuntimeError):
+    pass
+
+
 @dataclass
 class LiveKitServer:
     url: str
@@ -43,7 +47,19 @@ class LiveKitServer:
     process: subprocess.Popen[bytes]
 
     @classmethod
-    def start(cls, log_path: Path) -> LiveKitServer:
+    def start(cls, log_path: Path, attempts: int = 3) -> LiveKitServer:
+        """Free ports are picked before the server binds them, so another process on the
+        machine can take one meanwhile: then the server is started again on others."""
+        for attempt in range(attempts):
+            try:
+                return cls._start(log_path)
+            except PortTaken:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _start(cls, log_path: Path) -> LiveKitServer:
         port, tcp_port, udp_port = free_port(), free_port(), free_port(socket.SOCK_DGRAM)
         config = f"""
 port: {port}
@@ -78,7 +94,10 @@ logging:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"livekit-server exited: {log_path.read_text()[-2000:]}")
+                log = log_path.read_text()[-2000:]
+                if "address already in use" in log:
+                    raise PortTaken(log)
+                raise RuntimeError(f"livekit-server exited: {log}")
             try:
                 with urllib.request.urlopen(self.http_url, timeout=1) as response:
                     if response.status == 200:

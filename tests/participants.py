@@ -157,6 +157,7 @@ class CaptionListener:
         for segment in segments:
             self.captions.append(
                 Caption(
+                    attributes={"segments_in_event": str(len(segments))},
                     output="legacy",
                     speaker=participant.identity if participant else "",
                     track_sid=publication.sid if publication else "",
@@ -169,13 +170,16 @@ class CaptionListener:
 
     def meet_view(self, speaker: str, *, before: float | None = None) -> str:
         """What La Suite Meet's subtitles show for the speaker (at monotonic time `before`):
-        its reducer keeps the first legacy event of each segment id, ignores later ones,
-        and joins the texts of a speaker's consecutive segments."""
+        its reducer drops events of more than one segment, keeps the first event of each
+        segment id, ignores later ones, and joins the texts of a speaker's consecutive
+        segments (`src/frontend/src/features/subtitle/component/Subtitles.tsx`)."""
         seen: set[str] = set()
         shown: list[str] = []
         for caption in self.of(speaker, "legacy"):
             if before is not None and caption.received_at >= before:
                 break
+            if caption.attributes.get("segments_in_event") != "1":
+                continue
             if caption.segment_id not in seen:
                 seen.add(caption.segment_id)
                 shown.append(caption.text)

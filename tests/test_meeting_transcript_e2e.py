@@ -60,6 +60,12 @@ async def test_a_late_joiner_gets_the_last_finals_then_live_captions_and_again_o
     assert all(c.history for c in history)
     assert max(c.received_at for c in history) - joined < 2.0
     assert not any(c.history for c in finals(listener)), "history went to someone present"
+    # Meet's subtitles (legacy events only) get the history too, and nobody sees a word twice
+    for who in ("alice", "bob"):
+        theirs = " ".join(k[3] for k in last_four if k[0] == who)
+        await carol.wait_for(lambda w=who, t=theirs: carol.meet_view(w) == t, timeout=5)
+        said = " ".join(c.text for c in finals(listener) if c.speaker == who)
+        assert listener.meet_view(who) == said
 
     await speak(bob, script_words(1, seed=24), tmp_path)
     await carol.wait_for(lambda: len(finals(carol)) >= 5)

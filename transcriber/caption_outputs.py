@@ -130,7 +130,7 @@ class LegacyOutput(CaptionSink):
         if caption.final:
             self._forget_old(caption.segment_id)
         if piece is not None:
-            await self._publish(progress, [piece])
+            await self._publish(progress, piece)
 
     def _next_piece(self, caption: Caption, progress: _Progress) -> rtc.TranscriptionSegment | None:
         if self._mode is LegacyMode.UPDATES:
@@ -185,11 +185,11 @@ class LegacyOutput(CaptionSink):
         """Legacy events cannot be sent to one participant: the history goes to everyone,
         under the ids they already have (readers keep the first, or update in place)."""
         for progress in list(self._segments.values()):
-            pieces = [p for p in progress.pieces if p.final]
-            if pieces:
-                await self._publish(progress, pieces)
+            for piece in [p for p in progress.pieces if p.final]:
+                await self._publish(progress, piece)
 
-    async def _publish(self, progress: _Progress, pieces: list[rtc.TranscriptionSegment]) -> None:
+    async def _publish(self, progress: _Progress, piece: rtc.TranscriptionSegment) -> None:
+        """One segment per event: La Suite Meet drops events that carry more."""
         if not self._room.isconnected():
             return
         try:
@@ -197,7 +197,7 @@ class LegacyOutput(CaptionSink):
                 rtc.Transcription(
                     participant_identity=progress.speaker,
                     track_sid=progress.track_sid,
-                    segments=pieces,
+                    segments=[piece],
                 )
             )
         except Exception as e:

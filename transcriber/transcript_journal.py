@@ -117,7 +117,7 @@ class TranscriptSink(CaptionSink):
         limits: TranscriptLimits,
     ) -> None:
         self._directory = directory
-        self._header = {"room": room, "room_sid": room_sid, "started_at": started_at}
+        self._room, self._room_sid, self._started_at = room, room_sid, started_at
         self._limits = limits
         self._journal: TranscriptJournal | None = None
         self._finals = 0
@@ -135,7 +135,7 @@ class TranscriptSink(CaptionSink):
                 "TRANSCRIBER_TRANSCRIPT_MAX_BYTES=%d): later finals are left out of it",
                 self._limits.max_finals,
                 self._limits.max_bytes,
-                extra={"room": self._header["room"]},
+                extra={"room": self._room},
             )
             return
         self._finals += 1
@@ -144,7 +144,9 @@ class TranscriptSink(CaptionSink):
 
     def _append(self, segment: TranscriptSegment) -> None:
         if self._journal is None:
-            self._journal = TranscriptJournal.create(self._directory, **self._header)  # type: ignore[arg-type]
+            self._journal = TranscriptJournal.create(
+                self._directory, room=self._room, room_sid=self._room_sid, started_at=self._started_at
+            )
         self._journal.append(segment)
 
     async def aclose(self) -> None:
