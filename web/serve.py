@@ -70,6 +70,9 @@ class DevServer:
         )
 
 
+DEV_SERVER = web.AppKey("dev_server", DevServer)
+
+
 def is_loopback(address: str | None) -> bool:
     try:
         return address is not None and ipaddress.ip_address(address).is_loopback
@@ -123,9 +126,6 @@ def static_file(path: Path) -> Handler:
         return web.FileResponse(path, headers={"Cache-Control": "no-store"})
 
     return serve
-
-
-DEV_SERVER = web.AppKey("dev_server", DevServer)
 
 
 def build_app(server: DevServer) -> web.Application:
