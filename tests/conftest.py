@@ -6,13 +6,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from .livekit_server import API_SECRET, ROOT, LiveKitServer
+from .livekit_server import API_SECRET, ROOT, LiveKitServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -56,6 +58,8 @@ class WorkerProcess:
         self, env: dict[str, str], log_path: Path, command: list[str] | None = None
     ) -> None:
         self.log_path = log_path
+        self.metrics_port = int(env.get("TRANSCRIBER_METRICS_PORT") or 0)
+        """Where an operator sees the worker: `/ready` and `/metrics` (0: not served)."""
         _WORKER_LOGS.append(log_path)
         _TEST_SECRETS.update(
             v for k, v in env.items() if k.endswith(("_API_KEY", "_API_SECRET")) and len(v) >= 8
@@ -73,30 +77,54 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def status(self, path: str) -> tuple[int, str] | None:
+        """(HTTP status, body) of the worker's status server, None while it is not up."""
+        assert self.metrics_port, "set TRANSCRIBER_METRICS_PORT to watch the worker"
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}{path}"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except OSError:
+            return None
+
+    def registered(self) -> bool:
+        if not self.metrics_port:  # another agent (the benchmarks' baseline): its log is all
+            return "registered worker" in self.log()
+        return (answer := self.status("/ready")) is not None and answer[0] == 200
+
     def wait_registered(self, timeout: float = 60.0) -> None:
+        """Until `/ready` says the worker is registered with LiveKit."""
         deadline = time.monotonic() + timeout
-        while "registered worker" not in self.log():
+        while not self.registered():
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited:\n{self.log()[-3000:]}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not register:\n{self.log()[-3000:]}")
             time.sleep(0.1)
 
-    def captioning(self, track_sid: str) -> int:
-        """How many times this worker started captioning the track."""
+    def metric(self, name: str) -> float:
+        """A metric on `/metrics`, summed over its labels and the job processes."""
+        answer = self.status("/metrics")
+        assert answer is not None and answer[0] == 200, "no /metrics"
         return sum(
-            1 for line in self.log().splitlines() if "captioning track" in line and track_sid in line
+            float(line.rpartition(" ")[2])
+            for line in answer[1].splitlines()
+            if line.split("{")[0].split(" ")[0] == name
         )
 
-    async def wait_captioning(self, track_sid: str, *, times: int = 1, timeout: float = 30) -> None:
-        """Until the worker captions the track: words said before are heard by no one (the
-        transcriber joins hidden, so the speaker's SDK is not told of its subscription)."""
+    async def wait_tracks(self, count: int, *, timeout: float = 30) -> None:
+        """Until the worker captions `count` tracks (`transcriber_active_tracks`): words
+        said before are heard by no one (the transcriber joins hidden, so the speaker's
+        SDK is not told of its subscription)."""
         deadline = time.monotonic() + timeout
-        while self.captioning(track_sid) < times:
+        while self.status("/metrics") is None or self.metric("transcriber_active_tracks") != count:
             if time.monotonic() > deadline:
-                raise AssertionError(f"track {track_sid} not captioned:\n{self.log()[-3000:]}")
+                raise AssertionError(f"not captioning {count} tracks:\n{self.log()[-3000:]}")
             await asyncio.sleep(0.1)
-        await asyncio.sleep(0.2)  # its audio stream opens right after the log line
+        await asyncio.sleep(0.2)  # its audio stream opens right after the count goes up
+
 
     def stop(self) -> None:
         if self._log.closed:
@@ -130,7 +158,7 @@ def worker_env(server: LiveKitServer, **overrides: str) -> dict[str, str]:
         TRANSCRIBER_LOAD_THRESHOLD="1",
         # tone speech is not speech to a VAD; gating is tested on real speech
         TRANSCRIBER_VAD_GATING="false",
-        TRANSCRIBER_METRICS_PORT="0",
+        TRANSCRIBER_METRICS_PORT=str(free_port()),
         PYTHONPATH=str(ROOT),
     )
     env.update(overrides)

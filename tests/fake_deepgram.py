@@ -79,6 +79,9 @@ class Connection:
     """Speechmatics: the StartRecognition message. (Deepgram is configured by `query`.)"""
     api_key: str | None = None
     """The key the client presented, right or wrong; None when it sent none."""
+    language: str | None = None
+    """The language the stream asked for: Deepgram's `language` query parameter,
+    Speechmatics' transcription_config.language; None until the fake has read it."""
     status: int = 101
     """The HTTP answer to the upgrade: 101 when accepted, else 401, 400, 503..."""
     opened_at: float = field(default_factory=time.monotonic)
@@ -119,6 +122,7 @@ class Connection:
             "query": self.query,
             "config": self.config,
             "api_key": self.api_key,
+            "language": self.language,
             "status": self.status,
             "accepted": self.accepted,
             "duration": round(self.duration, 3),
@@ -500,9 +504,11 @@ class FakeDeepgram(FakeSttService):
         if connection.api_key != self.api_key:
             return _deepgram_error(401, "INVALID_AUTH", "Invalid credentials.", connection)
         try:
-            self._options[connection.id] = ListenOptions.parse(connection.query)
+            options = ListenOptions.parse(connection.query)
         except ValueError as e:
             return _deepgram_error(400, "Bad Request", str(e), connection)
+        self._options[connection.id] = options
+        connection.language = options.language
         return None
 
     async def _session(self, request: web.Request, connection: Connection) -> web.StreamResponse:

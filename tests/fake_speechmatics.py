@@ -174,6 +174,7 @@ class _AgentSession:
         config = start.get("transcription_config")
         if not isinstance(config, dict) or not config.get("language"):
             raise await self._fail("invalid_config", "transcription_config.language is required")
+        self._connection.language = str(config["language"])
         unknown = sorted(set(config) - TRANSCRIPTION_CONFIG_KEYS)
         if unknown:
             raise await self._fail("invalid_config", f"not supported by Agent STT: {unknown}")

@@ -116,12 +116,20 @@ logging:
     def api(self) -> api.LiveKitAPI:
         return api.LiveKitAPI(self.http_url, self.api_key, self.api_secret)
 
-    def token(self, identity: str, room: str, *, kind: str = "standard") -> str:
+    def token(
+        self,
+        identity: str,
+        room: str,
+        *,
+        kind: str = "standard",
+        attributes: dict[str, str] | None = None,
+    ) -> str:
         return (
             api.AccessToken(self.api_key, self.api_secret)
             .with_identity(identity)
             .with_name(identity)
             .with_kind(kind)
+            .with_attributes(attributes or {})
             .with_grants(api.VideoGrants(room_join=True, room=room))
             .to_jwt()
         )

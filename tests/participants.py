@@ -25,9 +25,20 @@ _FRAME_MS = 20
 class Speaker:
     """A participant publishing one microphone track, fed from WAV files in real time."""
 
-    def __init__(self, server: LiveKitServer, room: str, identity: str, *, sample_rate: int = 48000):
+    def __init__(
+        self,
+        server: LiveKitServer,
+        room: str,
+        identity: str,
+        *,
+        sample_rate: int = 48000,
+        attributes: dict[str, str] | None = None,
+        kind: str = "standard",
+    ):
         self.server, self.room_name, self.identity = server, room, identity
         self.sample_rate = sample_rate
+        self.attributes = attributes or {}
+        self.kind = kind
         self.room = rtc.Room()
         self.source: rtc.AudioSource | None = None
         self.publication: rtc.LocalTrackPublication | None = None
@@ -36,7 +47,9 @@ class Speaker:
         # speakers do not listen to each other: only the transcriber subscribes to a track
         await self.room.connect(
             self.server.url,
-            self.server.token(self.identity, self.room_name),
+            self.server.token(
+                self.identity, self.room_name, kind=self.kind, attributes=self.attributes
+            ),
             rtc.RoomOptions(auto_subscribe=False),
         )
         if publish:
@@ -100,10 +113,17 @@ class Caption:
     final: bool
     received_at: float
     attributes: dict[str, str] = field(default_factory=dict)
+    """Every text stream attribute (translations carry `translated`, ...)."""
+    language: str = ""
+    """The text stream's `language` attribute, or the legacy segment's language."""
 
     @property
     def history(self) -> bool:
         return self.attributes.get("transcriber.history") == "true"
+
+    @property
+    def translated(self) -> bool:
+        return self.attributes.get("translated") == "true"
 
 
 @dataclass
@@ -113,6 +133,8 @@ class CaptionListener:
     server: LiveKitServer
     room_name: str
     identity: str = "listener"
+    attributes: dict[str, str] = field(default_factory=dict)
+    """Given in the join token (e.g. `language`)."""
     room: rtc.Room = field(default_factory=rtc.Room)
     captions: list[Caption] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -122,7 +144,7 @@ class CaptionListener:
         self.room.on("transcription_received", self._on_legacy)
         await self.room.connect(
             self.server.url,
-            self.server.token(self.identity, self.room_name),
+            self.server.token(self.identity, self.room_name, attributes=self.attributes),
             rtc.RoomOptions(auto_subscribe=False),
         )
         return self
@@ -144,6 +166,7 @@ class CaptionListener:
                 text=text,
                 final=attributes.get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true",
                 received_at=time.monotonic(),
+                language=attributes.get("language", ""),
                 attributes=dict(attributes),
             )
         )
@@ -165,6 +188,7 @@ class CaptionListener:
                     text=segment.text,
                     final=segment.final,
                     received_at=time.monotonic(),
+                    language=segment.language,
                 )
             )
 
@@ -198,7 +222,11 @@ class CaptionListener:
         return [c for c in self.captions if c.speaker == speaker and c.output == output]
 
     def finals(self, speaker: str, output: str = "text_stream") -> list[str]:
-        return [c.text for c in self.of(speaker, output) if c.final]
+        return [c.text for c in self.of(speaker, output) if c.final and not c.translated]
+
+    def translations(self, speaker: str, *, final: bool = True) -> list[Caption]:
+        """The speaker's translated captions this listener received (finals, or interims)."""
+        return [c for c in self.of(speaker) if c.translated and c.final == final]
 
     async def wait_heard(self, speaker: str, said: str, *, max_wer: float, timeout: float = 40.0) -> str:
         """The speaker's finals, once they match `said` within `max_wer` or `timeout`

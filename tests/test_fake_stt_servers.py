@@ -125,6 +125,17 @@ async def test_deepgram_plugin_hears_the_words_and_the_server_records_the_sessio
     assert any(m["type"] == "SpeechStarted" for m in connection.sent)
 
 
+@pytest.mark.parametrize("language", ["fr", "de", "multi"])
+async def test_deepgram_records_the_language_each_stream_asked_for(language: str) -> None:
+    async with FakeDeepgram(api_key=DG_KEY) as server, aiohttp.ClientSession() as http:
+        plugin = deepgram.STT(api_key=DG_KEY, base_url=server.url, http_session=http)
+        stream = plugin.stream(language=language)
+        stream.push_frame(next(silence(1).frames()))
+        await wait_until(lambda: bool(server.accepted), 10, "connection")
+        await stream.aclose()
+    assert server.connections[0].language == language
+
+
 async def test_deepgram_refuses_a_wrong_key_and_the_plugin_fails_at_once() -> None:
     async with FakeDeepgram(api_key=DG_KEY) as server, aiohttp.ClientSession() as http:
         plugin = deepgram.STT(api_key="not-the-key", base_url=server.url, http_session=http)
@@ -193,6 +204,18 @@ async def test_speechmatics_plugin_by_default_asks_for_no_partials() -> None:
         await wait_until(lambda: bool(server.accepted and server.accepted[0].config), 10, "start")
         await stream.aclose()
     assert "enable_partials" not in server.connections[0].config["transcription_config"]
+
+
+async def test_speechmatics_records_the_language_each_stream_asked_for() -> None:
+    async with FakeSpeechmatics(api_key=SM_KEY) as server:
+        plugin = speechmatics.STT(api_key=SM_KEY, base_url=server.url, vad=None)
+        streams = [plugin.stream(language="de"), plugin.stream(language="fr")]
+        for stream in streams:
+            stream.push_frame(next(silence(1).frames()))
+        await wait_until(lambda: sum(bool(c.language) for c in server.accepted) == 2, 10, "starts")
+        for stream in streams:
+            await stream.aclose()
+    assert sorted(c.language or "" for c in server.connections) == ["de", "fr"]
 
 
 async def test_speechmatics_refuses_a_wrong_key_and_the_plugin_retries_then_fails() -> None:

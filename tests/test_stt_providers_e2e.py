@@ -95,7 +95,7 @@ async def meeting(server: LiveKitServer, worker, agent_name: str, room: str, *wh
     speakers = [await Speaker(server, room, name).join() for name in who]
     await dispatch(server, agent_name, room)
     await wait_transcriber(server, room)
-    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in speakers))
+    await worker.wait_tracks(len(speakers))
     return listener, speakers
 
 

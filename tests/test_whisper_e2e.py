@@ -29,7 +29,7 @@ async def test_local_whisper_captions_match_what_two_speakers_said(
     speakers = [await Speaker(livekit_server, room_name, who).join() for who in clips]
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in speakers))
+    await worker.wait_tracks(len(speakers))
 
     await asyncio.gather(*(s.play(clips[s.identity].path) for s in speakers))
 

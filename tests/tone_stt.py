@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from livekit import rtc
 from livekit.agents import APIConnectOptions, stt, utils
+from livekit.agents.language import LanguageCode
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr, TimedString
 
 VOCABULARY = (
@@ -112,12 +113,18 @@ class ToneSTT(stt.STT):
         language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> ToneStream:
-        return ToneStream(stt=self, conn_options=conn_options)
+        return ToneStream(
+            stt=self, conn_options=conn_options, language=language if language else "en"
+        )
 
 
 class ToneStream(stt.RecognizeStream):
-    def __init__(self, *, stt: ToneSTT, conn_options: APIConnectOptions) -> None:
+    def __init__(
+        self, *, stt: ToneSTT, conn_options: APIConnectOptions, language: str = "en"
+    ) -> None:
+        """Tones are every language's words: `language` is only what the captions say."""
         super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
+        self.language = language
         self._eou_blocks = int(stt._end_of_utterance / 0.02)
         self._pending = np.zeros(0, dtype=np.float32)
         self._position = 0  # blocks seen
@@ -175,7 +182,7 @@ class ToneStream(stt.RecognizeStream):
         words = self._words if words is None else words
         offset = self.start_time_offset
         data = stt.SpeechData(
-            language="en",
+            language=LanguageCode(self.language),
             text=" ".join(w.text for w in words),
             start_time=words[0].start + offset,
             end_time=words[-1].end + offset,
@@ -200,3 +207,27 @@ def _classify(block: np.ndarray) -> str | None:
 def build(settings: object) -> ToneSTT:
     """Factory for `TRANSCRIBER_STT_PROVIDER=tests.tone_stt:build`."""
     return ToneSTT()
+
+
+class _BuggyToneStream(ToneStream):
+    def _end_word(self) -> None:
+        if self._run_word == "papa" and self._run_len >= _MIN_WORD_BLOCKS:
+            raise TypeError("a bug in the recognizer: it cannot take papa")
+        super()._end_word()
+
+
+class BuggyToneSTT(ToneSTT):
+    """Hits a bug (not an outage) on the word "papa": that track's captions end there."""
+
+    def stream(
+        self,
+        *,
+        language: NotGivenOr[str] = NOT_GIVEN,
+        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
+    ) -> ToneStream:
+        return _BuggyToneStream(stt=self, conn_options=conn_options)
+
+
+def build_buggy(settings: object) -> ToneSTT:
+    """Factory for `TRANSCRIBER_STT_PROVIDER=tests.tone_stt:build_buggy`."""
+    return BuggyToneSTT()

@@ -82,6 +82,11 @@ class SegmentTracker:
     finals: int = 0
     _segment: _Segment | None = field(default=None, init=False)
 
+    @property
+    def segment_open(self) -> bool:
+        """A segment has shown words and has no final yet."""
+        return self._segment is not None
+
     def on_speech_event(self, event: stt.SpeechEvent) -> None:
         kind = event.type
         if kind == stt.SpeechEventType.END_OF_SPEECH:

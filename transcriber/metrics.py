@@ -64,3 +64,34 @@ CAPTIONS_DROPPED = Counter(
     "Captions a caption output lost because it fell too far behind (a broken output)",
     ["sink"],
 )
+
+
+TRANSLATION_REQUESTS = Counter(
+    "transcriber_translation_requests_total",
+    "Requests sent to the translation provider (a retry is a second request)",
+    ["provider"],
+)
+TRANSLATION_CHARACTERS = Counter(
+    "transcriber_translation_characters_total",
+    "Characters of caption text translated: what translation providers bill",
+    ["provider"],
+)
+TRANSLATION_ERRORS = Counter(
+    "transcriber_translation_errors_total",
+    "Translation requests that failed or timed out",
+    ["provider"],
+)
+TRANSLATION_LATENCY = Histogram(
+    "transcriber_translation_latency_seconds",
+    "Time to translate one caption, its retry included",
+    ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0),
+)
+TRANSLATIONS_PUBLISHED = Counter(
+    "transcriber_translations_published_total", "Translated captions published", ["kind"]
+)
+TRANSLATIONS_SKIPPED = Counter(
+    "transcriber_translations_skipped_total",
+    "Finals or interims not translated: the translator failed, or a lane fell too far behind",
+    ["reason"],
+)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from livekit import api, rtc
 from livekit.agents import JobRequest
 
-logger = logging.getLogger("transcriber.claim")
+logger = logging.getLogger(__name__)
 
 AGENT_ATTRIBUTE = "transcriber.agent"
 """Participant attribute naming the transcriber's agent; `kind` AGENT makes it trustworthy

@@ -18,23 +18,27 @@ from livekit.agents.vad import VAD
 from . import metrics
 from .caption_stream import CaptionSink, CaptionStream
 from .captions import Speaker, clean_label
+from .languages import LANGUAGE_ATTRIBUTE, LanguagePolicy, Targets, read_attribute
 from .stt_failover import FailoverSTT
 from .track_pipeline import PipelineOptions, TrackPipeline, TrackUsage
 
-logger = logging.getLogger("transcriber.room")
+logger = logging.getLogger(__name__)
 
 _AGENT = rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
 
 
 @dataclass(frozen=True, kw_only=True)
 class RoomOptions:
-    pipeline: PipelineOptions = PipelineOptions()
-    transcribe_agents: bool = False
-    empty_room_timeout: float = 30.0
+    """Values come from `Settings` (see `worker.room_options`), except the participant cap."""
+
+    pipeline: PipelineOptions
+    transcribe_agents: bool
+    empty_room_timeout: float
+    max_tracks_per_room: int
+    max_tracks_per_worker: int
+    languages: LanguagePolicy
     max_tracks_per_participant: int = 4
     """Bounds what one participant can make us spend (mic + screen share need two)."""
-    max_tracks_per_room: int = 50
-    max_tracks_per_worker: int = 100
 
 
 class RoomManager:
@@ -67,6 +71,9 @@ class RoomManager:
         self._closing: set[asyncio.Task[None]] = set()
         self._empty_timer: asyncio.Task[None] | None = None
         self._closed = False
+        self._readers: dict[str, str] = {}  # identity → the language it reads (and speaks)
+        self._language_problems: dict[str, str] = {}  # identity → the value last ignored
+        self._dropped_targets: tuple[str, ...] = ()
         self.usage = TrackUsage()
 
     @property
@@ -82,6 +89,10 @@ class RoomManager:
         room.on("track_muted", self._on_track_muted)
         room.on("participant_connected", self._on_participant_connected)
         room.on("participant_disconnected", self._on_participant_disconnected)
+        room.on("participant_attributes_changed", self._on_attributes_changed)
+        for participant in room.remote_participants.values():
+            self._update_language(participant)
+        self._check_targets()
         for participant in room.remote_participants.values():
             for publication in participant.track_publications.values():
                 self._on_track_published(publication, participant)
@@ -101,6 +112,7 @@ class RoomManager:
             ("track_muted", self._on_track_muted),
             ("participant_connected", self._on_participant_connected),
             ("participant_disconnected", self._on_participant_disconnected),
+            ("participant_attributes_changed", self._on_attributes_changed),
         ):
             self._room.off(event, handler)
         if self._empty_timer is not None:
@@ -156,6 +168,7 @@ class RoomManager:
             stt=self._stt,
             vad=self._vad,
             options=self._opts.pipeline,
+            language=self._spoken_language(participant.identity),
         )
         metrics.ACTIVE_TRACKS.inc()
 
@@ -191,6 +204,8 @@ class RoomManager:
             pipeline.flush()
 
     def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
+        self._update_language(participant)
+        self._check_targets()
         if participant.kind != _AGENT:
             self.captions.participant_joined(participant.identity)  # history, for (re)joiners
         self._check_empty()
@@ -199,7 +214,72 @@ class RoomManager:
         for sid, owner in list(self._owners.items()):
             if owner == participant.identity:
                 self._close_pipeline(sid)
+        self._readers.pop(participant.identity, None)
+        self._language_problems.pop(participant.identity, None)
+        self._check_targets()
         self._check_empty()
+
+    # languages
+
+    def translation_targets(self) -> Targets:
+        """The languages this room's captions are translated into, most-read first."""
+        return self._opts.languages.targets(self._readers.values())
+
+    def _spoken_language(self, identity: str) -> str:
+        return self._opts.languages.spoken_language(self._readers.get(identity))
+
+    def _on_attributes_changed(
+        self, changed: dict[str, str], participant: rtc.Participant
+    ) -> None:
+        if LANGUAGE_ATTRIBUTE in changed and isinstance(participant, rtc.RemoteParticipant):
+            self._update_language(participant)
+            self._check_targets()
+
+    def _update_language(self, participant: rtc.RemoteParticipant) -> None:
+        """Reads the participant's `language`; a change reaches its tracks at their next
+        segment boundary (the caller then checks the room's translation targets)."""
+        identity = participant.identity
+        if identity == self._room.local_participant.identity:
+            return
+        reading = read_attribute(participant.attributes, is_agent=participant.kind == _AGENT)
+        extra = {"room": self._room.name, "participant": identity}
+        if reading.problem is not None:
+            value = participant.attributes.get(LANGUAGE_ATTRIBUTE, "")
+            if self._language_problems.get(identity) != value:
+                self._language_problems[identity] = value
+                logger.warning(
+                    "ignoring the language attribute of participant %s: %s",
+                    identity,
+                    reading.problem,
+                    extra=extra,
+                )
+        else:
+            self._language_problems.pop(identity, None)
+        before = self._spoken_language(identity)
+        if reading.code is None:
+            self._readers.pop(identity, None)
+        else:
+            self._readers[identity] = reading.code
+        spoken = self._spoken_language(identity)
+        if spoken != before:
+            logger.info("participant now transcribed in %s", spoken, extra=extra)
+            for sid, owner in self._owners.items():
+                if owner == identity:
+                    self._pipelines[sid].set_language(spoken)
+
+    def _check_targets(self) -> None:
+        targets = self.translation_targets()
+        if targets.dropped != self._dropped_targets:
+            self._dropped_targets = targets.dropped
+            if targets.dropped:
+                logger.warning(
+                    "participants read more languages than TRANSCRIBER_MAX_TRANSLATION_LANGUAGES"
+                    "=%d: translating into %s (the most read), not into %s",
+                    self._opts.languages.max_targets,
+                    ",".join(targets.languages),
+                    ",".join(targets.dropped),
+                    extra={"room": self._room.name},
+                )
 
     def _close_pipeline(self, sid: str) -> None:
         pipeline = self._pipelines.pop(sid, None)

@@ -60,11 +60,17 @@ QUIET_BEFORE_SKIP = 1.0
 longer than silero's end-of-speech silence (0.55 s), so a burst ends the usual way."""
 
 
+MIN_PREROLL = 0.3
+"""Seconds: a shorter pre-roll cuts first syllables."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class GateOptions:
-    preroll: float = 0.35
+    """Values come from `Settings` (`gate_preroll`, `gate_hangover`, `stt_idle_close`)."""
+
+    preroll: float
     """Seconds sent before the VAD's estimate of where speech began; at least 0.3."""
-    hangover: float = 0.25
+    hangover: float
     """Seconds sent after the VAD's estimate of where speech ended, so the STT can finish."""
     idle_close: float | None = None
     """Seconds with nothing sent after which `GateIdle` says the STT connection may close;
@@ -74,9 +80,10 @@ class GateOptions:
     of them; None runs the VAD on every frame."""
 
     def __post_init__(self) -> None:
-        if not self.preroll >= 0.3:
+        if not self.preroll >= MIN_PREROLL:
             raise ValueError(
-                f"preroll must be at least 0.3 s, got {self.preroll}: less cuts first syllables"
+                f"preroll={self.preroll:g} s would cut first syllables: "
+                f"use at least {MIN_PREROLL:g} seconds"
             )
         if not self.hangover >= 0:
             raise ValueError(f"hangover must be 0 or more seconds, got {self.hangover}")
@@ -145,9 +152,9 @@ class SpeechGate:
     order. `aclose()` releases everything and may be called any number of times.
     """
 
-    def __init__(self, vad: vad.VAD, options: GateOptions | None = None) -> None:
+    def __init__(self, vad: vad.VAD, options: GateOptions) -> None:
         self._vad = vad
-        self._opts = options or GateOptions()
+        self._opts = options
         self._floor_power = (
             None
             if self._opts.energy_floor is None

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from aiohttp import web
 from livekit.agents import AgentServer
-from livekit.agents.telemetry.http_server import metrics as serve_metrics
 from livekit.agents.utils.http_server import HttpServer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
-logger = logging.getLogger("transcriber.worker")
+logger = logging.getLogger(__name__)
 
 
 class StatusServer:
@@ -23,7 +24,7 @@ class StatusServer:
         self._server = server
         self._registered = False
         self._http = HttpServer(host, port)
-        self._http.app.add_routes([web.get("/metrics", serve_metrics), web.get("/ready", self._ready)])
+        self._http.app.add_routes([web.get("/metrics", _metrics), web.get("/ready", self._ready)])
         self._starting: asyncio.Task[None] | None = None
         server.on("worker_started", self._start)
         server.on("worker_registered", self._on_registered)
@@ -51,3 +52,18 @@ class StatusServer:
         if self._server.draining:
             return web.Response(status=503, text="draining")
         return web.Response(text="ready")
+
+
+async def _metrics(_: web.Request) -> web.Response:
+    """Every process's metrics, summed (job processes write them to the multiprocess
+    directory); collected off the event loop, as reading the files is blocking I/O."""
+    body = await asyncio.get_running_loop().run_in_executor(None, _collect)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _collect() -> bytes:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -16,27 +16,35 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
+import aiohttp
 from livekit import rtc
-from livekit.agents import APIConnectOptions, stt
+from livekit.agents import APIConnectionError, APIConnectOptions, APIError, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
 from prometheus_client import Counter
 
 from . import metrics
 
-logger = logging.getLogger("transcriber.stt")
+logger = logging.getLogger(__name__)
+
+OUTAGES = (APIError, OSError, TimeoutError, aiohttp.ClientError)
+"""What a provider failing looks like (as `RecognizeStream._main_task` decides): the
+APIError family, connection errors (OSError covers sockets, DNS, TLS) and timeouts.
+Anything else is a bug: it ends the track's stream and marks no provider down."""
 
 
 @dataclass(frozen=True, kw_only=True)
 class FailoverOptions:
-    retries_per_provider: int = 1
-    """Reconnects to the same provider (replaying the buffer) before moving to the next."""
+    retries_per_provider: int
+    """Reconnects to the same provider (replaying the buffer) before moving to the next;
+    from `Settings.failover_retries`."""
+    cooldown: float
+    """How long a provider that failed past its retries is skipped; doubles per failure.
+    From `Settings.failover_cooldown`."""
     retry_interval: float = 0.5
     connect_timeout: float = 5.0
-    cooldown: float = 5.0
-    """How long a provider that failed past its retries is skipped; doubles per failure."""
     max_cooldown: float = 60.0
     max_replay: float = 30.0
     """Seconds of audio not yet covered by a final kept for replay; older audio is dropped."""
@@ -81,9 +89,12 @@ class FailoverSTT(stt.STT):
     def __init__(
         self,
         providers: dict[str, ProviderFactory],
-        options: FailoverOptions | None = None,
+        options: FailoverOptions,
+        *,
+        finalizing: Collection[str] = (),
     ) -> None:
-        """`providers` in order of preference, by the name logs and metrics use."""
+        """`providers` in order of preference, by the name logs and metrics use;
+        `finalizing` names those that end a turn on `STT.finalize()` (see `_flush`)."""
         if not providers:
             raise ValueError("at least one STT provider is needed")
         self.factories = list(providers.values())
@@ -95,8 +106,9 @@ class FailoverSTT(stt.STT):
                 manual_flush=True,
             )
         )
-        self.options = options or FailoverOptions()
+        self.options = options
         self.health = [ProviderHealth(label=name) for name in providers]
+        self.finalizing = [name in finalizing for name in providers]
 
     @property
     def provider(self) -> str:
@@ -116,7 +128,11 @@ class FailoverSTT(stt.STT):
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
         log_extra: dict[str, str] | None = None,
     ) -> FailoverStream:
-        return FailoverStream(self, conn_options=conn_options, log_extra=log_extra or {})
+        """`language` is the track's: every provider stream it opens, on reconnect or
+        failover too, is opened in it (not given: each provider's own default)."""
+        return FailoverStream(
+            self, conn_options=conn_options, log_extra=log_extra or {}, language=language
+        )
 
     async def aclose(self) -> None:
         for provider in self._warm:
@@ -152,6 +168,8 @@ class _Attempt:
     usage: ProviderUsage
     sent_metric: Counter
     """This provider's `transcriber_stt_audio_sent_seconds_total`, looked up once."""
+    finalize: bool
+    """Its turns end on `STT.finalize()`."""
     opened_at: float = field(default_factory=time.monotonic)
 
 
@@ -162,12 +180,14 @@ class FailoverStream(stt.RecognizeStream):
         *,
         conn_options: APIConnectOptions,
         log_extra: dict[str, str],
+        language: NotGivenOr[str] = NOT_GIVEN,
     ) -> None:
         # retrying is ours (with replay): the base class must not retry around _run
         super().__init__(stt=failover, conn_options=dataclasses.replace(conn_options, max_retry=0))
         self._failover = failover
         self._opts = failover.options
         self._log_extra = log_extra
+        self.language = language
         self._buffer: collections.deque[_Buffered] = collections.deque()
         self._position = 0.0
         self._attempt: _Attempt | None = None
@@ -176,6 +196,7 @@ class FailoverStream(stt.RecognizeStream):
         self._state = ""
         self._dropped_warned = False
         self._in_speech = False
+        self._input_ended = False
         self.usage = {h.label: ProviderUsage() for h in failover.health}
 
     @property
@@ -201,8 +222,8 @@ class FailoverStream(stt.RecognizeStream):
             self._pending_flush = True
 
     def end_input(self) -> None:
-        self.flush()
-        self._input_ch.close()
+        super().end_input()  # our flush(), then the base refuses further input
+        self._input_ended = True
         if self._attempt is not None:
             with contextlib.suppress(RuntimeError):
                 self._attempt.stream.end_input()
@@ -218,7 +239,8 @@ class FailoverStream(stt.RecognizeStream):
         self._buffer.append(_Buffered(self._position, frame))
         self._position += frame.duration
         connected = self._attempt is not None
-        keep = self._opts.silence_replay if connected and not self._in_speech else self._opts.max_replay
+        quiet = connected and not self._in_speech
+        keep = self._opts.silence_replay if quiet else self._opts.max_replay
         while self._buffer and self._position - self._buffer[0].position > keep:
             self._buffer.popleft()
             if not connected and not self._dropped_warned:
@@ -270,10 +292,10 @@ class FailoverStream(stt.RecognizeStream):
                     return "switch" if self._switch_back else "done"
                 self.usage[label].failures += 1
                 metrics.STT_ERRORS.labels(provider=label).inc()
-                if self._input_ch.closed and not self._buffer:
+                if self._input_ended and not self._buffer:
                     return "done"  # nothing left to recognize
                 tries = 1 if delivered else tries + 1
-                if tries > self._opts.retries_per_provider:
+                if tries > self._opts.retries_per_provider or not _retryable(error):
                     break
                 self._set_state(f"reconnecting to {label}", logging.WARNING, error)
                 metrics.STT_RECONNECTS.labels(provider=label).inc()
@@ -282,18 +304,15 @@ class FailoverStream(stt.RecognizeStream):
             self._set_state(f"{label} failed past its retries", logging.WARNING, error)
         return "failed"
 
-    def _next_available(self, start: int) -> int | None:
-        for i in range(start, len(self._failover.factories)):
-            if self._failover.health[i].available():
-                return i
-        return None
+    def _first_available(self) -> int | None:
+        return next((i for i, h in enumerate(self._failover.health) if h.available()), None)
 
     def _open(self, index: int) -> _Attempt:
         conn = dataclasses.replace(
             self._conn_options, max_retry=0, timeout=self._opts.connect_timeout
         )
         provider = self._failover.factories[index]()
-        stream = provider.stream(conn_options=conn)
+        stream = provider.stream(language=self.language, conn_options=conn)
         base = self._buffer[0].position if self._buffer else self._position
         label = self._failover.health[index].label
         attempt = _Attempt(
@@ -303,6 +322,7 @@ class FailoverStream(stt.RecognizeStream):
             base=base,
             usage=self.usage[label],
             sent_metric=metrics.STT_AUDIO_SENT.labels(provider=label),
+            finalize=self._failover.finalizing[index],
         )
         self._attempt = attempt
         self._switch_back = False
@@ -311,13 +331,14 @@ class FailoverStream(stt.RecognizeStream):
         if self._pending_flush:
             self._pending_flush = False
             _flush(attempt)
-        if self._input_ch.closed:
+        if self._input_ended:
             stream.end_input()
         return attempt
 
     async def _consume(self, attempt: _Attempt) -> tuple[Exception | None, bool]:
-        """Forwards the stream's events. Returns the error that ended it, if any, and
-        whether it delivered anything (a provider that worked a while earns new retries)."""
+        """Forwards the stream's events. Returns the provider failure that ended it, if
+        any, and whether it delivered anything (a provider that worked a while earns new
+        retries). Any other exception is a bug and propagates: it ends this stream only."""
         health = self._failover.health[attempt.index]
         delivered = False
         try:
@@ -336,11 +357,13 @@ class FailoverStream(stt.RecognizeStream):
                     if self._should_switch_back(attempt):
                         self._switch_back = True
                         return None, delivered
-            if not self._input_ch.closed:
-                error = RuntimeError(f"{health.label} closed the stream while the track was live")
+            if not self._input_ended:
+                error = APIConnectionError(
+                    f"{health.label} closed the stream while the track was live"
+                )
                 return error, delivered
             return None, delivered
-        except Exception as e:  # any provider error: retry, fail over, never crash the track
+        except OUTAGES as e:
             return e, delivered
 
     def _forget_until(self, attempt: _Attempt, event: stt.SpeechEvent) -> None:
@@ -352,7 +375,7 @@ class FailoverStream(stt.RecognizeStream):
         self._dropped_warned = False
 
     def _should_switch_back(self, attempt: _Attempt) -> bool:
-        preferred = self._next_available(0)
+        preferred = self._first_available()
         return preferred is not None and preferred < attempt.index
 
     async def _release(self, attempt: _Attempt) -> None:
@@ -366,7 +389,7 @@ class FailoverStream(stt.RecognizeStream):
             attempt.stream.end_input()
         try:
             await attempt.stream.aclose()
-        except Exception:
+        except OUTAGES:
             pass  # already failed; its error was handled
 
     def _set_state(self, state: str, level: int, error: Exception | None = None) -> None:
@@ -377,13 +400,17 @@ class FailoverStream(stt.RecognizeStream):
         logger.log(level, "%s%s", state, detail, extra=self._log_extra)
 
 
+def _retryable(error: Exception) -> bool:
+    """A non-retryable APIError (a refused key, say) moves on to the next provider at once."""
+    return not isinstance(error, APIError) or error.retryable
+
+
 def _flush(attempt: _Attempt) -> None:
     """Ends the current segment. Speechmatics' stream ignores flush() for that: its turn
     ends on `STT.finalize()` (this stream's own STT, see ProviderFactory)."""
     attempt.stream.flush()
-    finalize = getattr(attempt.provider, "finalize", None)
-    if callable(finalize):
-        finalize()
+    if attempt.finalize:
+        attempt.provider.finalize()  # type: ignore[attr-defined]
 
 
 _SPEECH_OPENS = (stt.SpeechEventType.START_OF_SPEECH, stt.SpeechEventType.INTERIM_TRANSCRIPT)

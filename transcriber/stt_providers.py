@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from pathlib import Path
 
 from livekit.agents import stt
 from livekit.agents.types import NOT_GIVEN
@@ -16,6 +19,40 @@ from .stt_failover import FailoverOptions, FailoverSTT
 
 SAMPLE_RATE = 16000
 """Every provider is fed 16 kHz mono: what Whisper, Deepgram and Speechmatics expect."""
+
+
+def _whisper_languages() -> tuple[str, ...]:
+    """Whisper's language codes, as faster-whisper checks them (it has no public list)."""
+    try:
+        from faster_whisper.tokenizer import _LANGUAGE_CODES
+    except ImportError:  # local Whisper not installed: it cannot be chosen either
+        return ()
+    return tuple(_LANGUAGE_CODES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProviderTraits:
+    """What a provider can do, where the transcriber must treat providers differently."""
+
+    finalize: bool = False
+    """Ends a turn on `STT.finalize()` (Speechmatics ignores `stream.flush()` for that)."""
+    keep_alive: bool = False
+    """Keeps an idle stream open for free (Deepgram's KeepAlive): never closed when idle."""
+    languages: Callable[[], Collection[str]] | None = None
+    """Lists the `TRANSCRIBER_LANGUAGE` values it understands (called once, at start);
+    None: the service decides."""
+
+
+PROVIDER_TRAITS = {
+    "local": ProviderTraits(languages=_whisper_languages),
+    "deepgram": ProviderTraits(keep_alive=True),
+    "speechmatics": ProviderTraits(finalize=True),
+}
+"""Custom `module:factory` providers get the defaults: no finalize, no keep-alive."""
+
+
+def traits(provider: str) -> ProviderTraits:
+    return PROVIDER_TRAITS.get(provider, ProviderTraits())
 
 
 _PLUGIN_MODULES = {
@@ -38,26 +75,74 @@ def check_providers_installed(settings: Settings) -> None:
                     f"({e}): run scripts/setup"
                 ) from None
         else:
-            _load_factory(name)
+            _check_factory(name, settings)
+        languages = traits(name).languages
+        if languages is not None and settings.language not in languages():
+            raise SettingsError(
+                f"TRANSCRIBER_LANGUAGE={settings.language!r} is not a language {name} "
+                "understands: use a code such as en, fr or de"
+            )
     if "local" in settings.stt_providers:
-        _check_local_model(settings.local_whisper_model, settings.language)
+        spoken = (settings.language, *(x for x in settings.languages if x != settings.language))
+        _check_local_model(settings.local_whisper_model, spoken)
     importlib.import_module("livekit.plugins.silero")
 
 
-def _check_local_model(model: str, language: str) -> None:
+def _check_factory(path: str, settings: Settings) -> None:
+    """Calls a custom factory once, so a wrong one fails here and not in every job."""
+    factory = _load_factory(path)
+    try:
+        built = factory(settings)
+    except Exception as e:  # whatever the user's factory raises, say which one failed
+        raise SettingsError(
+            f"TRANSCRIBER_STT_PROVIDER={path!r} failed when called with the settings "
+            f"({type(e).__name__}: {e}): name a factory that returns an stt.STT"
+        ) from None
+    if not isinstance(built, stt.STT):
+        raise SettingsError(
+            f"TRANSCRIBER_STT_PROVIDER={path!r} returned {type(built).__name__}, not an "
+            "stt.STT: name a factory that returns one"
+        )
+
+
+def _check_local_model(model: str, languages: tuple[str, ...]) -> None:
     """A known model name is fine even if not downloaded yet (it downloads on first use),
     unless downloads are off (HF_HUB_OFFLINE, as in the image): then it must be cached. A
-    path must hold a readable model; an English-only model needs language en."""
+    path must hold a readable model; an English-only model needs every language to be en."""
     from faster_whisper.utils import available_models
     from livekit.plugins.local_whisper import ModelLoadError
     from livekit.plugins.local_whisper.backend import check_language, resolve_model
 
     try:
         if model not in available_models() or os.environ.get("HF_HUB_OFFLINE"):
-            resolve_model(model)
-        check_language(model, language)
+            path = resolve_model(model)
+            foreign = [language for language in languages if language != "en"]
+            if foreign and _english_only(Path(path)):
+                where = (
+                    f"TRANSCRIBER_LANGUAGE={foreign[0]!r}"
+                    if foreign[0] == languages[0]
+                    else f"TRANSCRIBER_LANGUAGES has {foreign[0]!r}"
+                )
+                raise SettingsError(
+                    f"LOCAL_WHISPER_MODEL={model!r} only understands English but {where}: "
+                    "use a multilingual model, or language en"
+                )
+        for language in languages:
+            check_language(model, language)
     except ModelLoadError as e:
         raise SettingsError(str(e)) from None
+
+
+def _english_only(model_dir: Path) -> bool:
+    """Whisper's English-only models have 51864 tokens, the multilingual ones more: the
+    test CTranslate2 applies (`is_multilingual`), made on the model's vocabulary file."""
+    for name in ("vocabulary.txt", "vocabulary.json"):
+        path = model_dir / name
+        if path.is_file():
+            text = path.read_text(encoding="utf-8")
+            size = len(json.loads(text)) if name.endswith(".json") else len(text.splitlines())
+            return size < 51865
+    return False  # no vocabulary: loading the model reports it
 
 
 def import_all_plugins() -> None:
@@ -90,8 +175,9 @@ def build_stt(settings: Settings, *, vad: VAD) -> FailoverSTT:
         FailoverOptions(
             retries_per_provider=settings.failover_retries,
             cooldown=max(settings.failover_cooldown, 0.1),
-            max_cooldown=max(60.0, settings.failover_cooldown),
+            max_cooldown=max(FailoverOptions.max_cooldown, settings.failover_cooldown),
         ),
+        finalizing=[name for name in settings.stt_providers if traits(name).finalize],
     )
 
 

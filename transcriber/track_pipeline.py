@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from livekit import rtc
 from livekit.agents import stt, utils
+from livekit.agents.types import NOT_GIVEN
 from livekit.agents.vad import VAD
 
 from . import metrics
@@ -25,22 +26,24 @@ from .captions import Caption, SegmentTracker, Speaker
 from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
 from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
 
-logger = logging.getLogger("transcriber.track")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineOptions:
-    sample_rate: int = 16000
+    """Values come from `Settings` (see `worker.room_options`); only the frame size is ours."""
+
+    sample_rate: int
+    language: str
+    """Captions say this language when the STT does not."""
+    drain_timeout: float
+    """How long closing waits for the STT to deliver the last final."""
+    gate: GateOptions | None
+    """None streams every frame to the STT (no VAD gating)."""
     frame_size_ms: int = 50
     """Audio per frame from the track: every frame costs Python work on the event loop, and
     50 ms frames cost a quarter of the SDK's default 10 ms (capacity benchmark) for at most
     50 ms of added latency."""
-    language: str = "en"
-    """Captions say this language when the STT does not."""
-    drain_timeout: float = 5.0
-    """How long closing waits for the STT to deliver the last final."""
-    gate: GateOptions | None = None
-    """None streams every frame to the STT (no VAD gating)."""
 
 
 @dataclass
@@ -66,6 +69,7 @@ class TrackUsage:
         for name, usage in self.stt.items():
             fields[f"stt_{name}_sent_s"] = round(usage.seconds_sent, 2)
             fields[f"stt_{name}_connected_s"] = round(usage.connected_seconds, 2)
+            fields[f"stt_{name}_failures"] = usage.failures
         return fields
 
 
@@ -87,8 +91,11 @@ class TrackPipeline:
         stt: FailoverSTT,
         vad: VAD,
         options: PipelineOptions,
+        language: str | None = None,
     ) -> None:
+        """`language`: what the speaker speaks (None: the STT's default)."""
         self._stt = stt
+        self._language = language
         self._opts = options
         self._log_extra = {
             "room": room.name,
@@ -108,8 +115,10 @@ class TrackPipeline:
         self._gate = SpeechGate(vad, options.gate) if options.gate is not None else None
         self._track_clock = _ArrivalClock()
         self._stream: FailoverStream | None = None
+        self._segments: dict[FailoverStream, SegmentTracker] = {}  # per open stream
         self._stream_clock = _ArrivalClock()
         self._consumers: set[asyncio.Task[None]] = set()
+        self._failed = False
         self._closing: asyncio.Task[None] | None = None
         self._forward = asyncio.create_task(self._forward_audio(), name="track-audio")
         self._task = asyncio.create_task(self._run(), name=f"track-pipeline-{track.sid}")
@@ -119,6 +128,21 @@ class TrackPipeline:
         if self._stream is not None:
             with contextlib.suppress(RuntimeError):
                 self._stream.flush()
+
+    def set_language(self, language: str) -> None:
+        """The speaker changed language. The segment in progress finishes in the old one
+        and the next opens a stream in the new one: right away when none is in progress,
+        else at that segment's final (`_consume`)."""
+        self._language = language
+        stream = self._stream
+        if stream is not None:
+            tracker = self._segments.get(stream)
+            if tracker is None or not tracker.segment_open:
+                self._end_stream_if_language_changed(stream)
+
+    def _end_stream_if_language_changed(self, stream: FailoverStream) -> None:
+        if stream is self._stream and (stream.language or None) != self._language:
+            self._end_stream()  # its last words still publish; new audio opens a new stream
 
     async def aclose(self) -> None:
         if self._closing is None:
@@ -174,14 +198,21 @@ class TrackPipeline:
                 self._end_stream()
 
     def _send(self, frame: rtc.AudioFrame, *, arrived: float | None) -> None:
+        if self._failed:
+            return
         if self._stream is None:
             self._open_stream()
         assert self._stream is not None
-        self._stream.push_frame(frame)
+        try:
+            self._stream.push_frame(frame)
+        except RuntimeError:
+            return  # the stream ended with an error; its consumer reports it
         self._stream_clock.record(self._stream_clock.end + frame.duration, arrived)
 
     def _open_stream(self) -> None:
-        stream = self._stt.stream(log_extra=self._log_extra)
+        stream = self._stt.stream(
+            language=self._language or NOT_GIVEN, log_extra=self._log_extra
+        )
         self._stream = stream
         self._stream_clock = _ArrivalClock()
         task = asyncio.create_task(self._consume(stream, self._stream_clock), name="track-stt")
@@ -200,11 +231,14 @@ class TrackPipeline:
             speaker=self._speaker,
             emit=self._captions,
             wall_time=clock.wall_time,
-            language=self._opts.language,
+            language=stream.language or self._opts.language,
         )
+        self._segments[stream] = segments
         try:
             async for event in stream:
                 segments.on_speech_event(event)
+                if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT:
+                    self._end_stream_if_language_changed(stream)
                 if event.alternatives and event.type in _CAPTIONS:
                     arrived = clock.at(event.alternatives[0].end_time)
                     if arrived is not None:
@@ -212,8 +246,15 @@ class TrackPipeline:
                             time.monotonic() - arrived
                         )
         except Exception:
-            logger.exception("STT stream failed", extra=self._log_extra)
+            # provider failures are handled below (retries, failover); this is a bug: this
+            # track stops being captioned, every other track goes on
+            logger.exception("captioning this track failed, stopping it", extra=self._log_extra)
+            self._failed = True
+            self._forward.cancel()
+            if self._gate is not None:
+                self._gate.end_input()
         finally:
+            self._segments.pop(stream, None)
             segments.close_open_segment()
             self.finals += segments.finals
             if self._stream is stream:

@@ -9,31 +9,36 @@ the transcriber.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from livekit.agents import AgentServer, AutoSubscribe, JobContext, JobProcess, utils
-from livekit.agents.worker import WorkerPermissions, _DefaultLoadCalc
+from livekit.agents.worker import WorkerPermissions
 from prometheus_client import CollectorRegistry, multiprocess
 
 from . import metrics
 from .caption_outputs import LegacyMode, LegacyOutput, TextStreamOutput
 from .caption_stream import CaptionSink
+from .languages import LanguagePolicy
 from .room_claim import RoomClaims, keep_room, transcriber_in_room
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
 from .speech_gate import GateOptions
 from .status_server import StatusServer
-from .stt_providers import SAMPLE_RATE, build_stt, load_vad
+from .stt_providers import SAMPLE_RATE, build_stt, load_vad, traits
 from .track_pipeline import PipelineOptions
 from .transcript_delivery import DeliveryOptions, TranscriptOutbox
 from .transcript_journal import TranscriptLimits, TranscriptSink
+from .translation import TranslationOptions, TranslationSink
+from .translators import build_translator
 
-logger = logging.getLogger("transcriber.worker")
+logger = logging.getLogger(__name__)
 
 
 class TranscriberServer(AgentServer):
@@ -66,7 +71,10 @@ def build_server(settings: Settings) -> AgentServer:
         load_fnc=lambda server: worker_load(server, settings),
         drain_timeout=math.ceil(settings.drain_timeout),  # 0: until every room has ended
         prometheus_multiproc_dir=_metrics_dir(),
+        preload_modules=["transcriber.forkserver_signals"],
+        max_retry=RECONNECTS_UNBOUNDED,  # an unreachable LiveKit may come back: keep trying
     )
+    logging.getLogger("livekit.agents").addFilter(OutageLogFilter())
     if settings.metrics_port:
         StatusServer(server, port=settings.metrics_port)
     if settings.transcript_enabled:
@@ -98,6 +106,37 @@ def build_server(settings: Settings) -> AgentServer:
     return server
 
 
+RECONNECTS_UNBOUNDED = 10**9
+"""livekit-agents gives up after `max_retry` reconnects (16 by default, ~2 min) and exits
+with code 0; a refused key is caught before start (`preflight`), so only an outage is
+left to retry, every 10 s."""
+
+
+class OutageLogFilter(logging.Filter):
+    """One log line when LiveKit is lost, one when it is back, not one per retry.
+
+    livekit-agents has no event for either: its log messages are matched here, the one
+    place that relies on their wording (tests/test_worker_ops_e2e.py fails if it changes).
+    """
+
+    LOST = "failed to connect to livekit"
+    BACK = "registered worker"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lost = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.LOST):
+            if self._lost:
+                return False
+            self._lost = True
+        elif message == self.BACK:
+            self._lost = False
+        return True
+
+
 def worker_load(server: AgentServer, settings: Settings) -> float:
     """An idle worker always takes a room: the CPU it sees is then other processes' work,
     and refusing would drop the dispatch. A busy one reports the highest of its CPU, its
@@ -106,18 +145,30 @@ def worker_load(server: AgentServer, settings: Settings) -> float:
     if rooms == 0:
         return 0.0
     return max(
-        _DefaultLoadCalc.get_load(server),
+        cpu_load(server),
         rooms / settings.max_rooms,
         active_tracks_in_worker() / settings.max_tracks,
     )
 
 
+def cpu_load(server: AgentServer) -> float:
+    """livekit-agents' own CPU load (0-1, averaged over 2.5 s), as its default `load_fnc`
+    reports it. It has no public name: this is the one place that reaches for it, and
+    tests/test_livekit_internals.py fails if an upgrade moves it."""
+    from livekit.agents.worker import _DefaultLoadCalc
+
+    return float(_DefaultLoadCalc.get_load(server))
+
+
 def _metrics_dir() -> str:
     """Job processes write their metrics here; the main process serves the sum. One
-    directory per worker process, so two workers on one host never mix numbers."""
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
-        prefix="transcriber-metrics-"
-    )
+    directory per worker process, so two workers on one host never mix numbers; the
+    worker removes the one it made when it exits."""
+    if given := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return given
+    path = tempfile.mkdtemp(prefix="transcriber-metrics-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def active_tracks_in_worker() -> int:
@@ -147,6 +198,7 @@ def prewarm(proc: JobProcess) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     settings: Settings = ctx.proc.userdata["settings"]
     room_name = ctx.job.room.name
+    ctx.log_context_fields["room"] = room_name  # on every log line of this job
     if await transcriber_in_room(ctx.api, room_name, settings.agent_name):
         logger.info(
             "a transcriber joined this room meanwhile, not joining", extra={"room": room_name}
@@ -208,14 +260,22 @@ async def caption_sinks(settings: Settings, ctx: JobContext) -> list[CaptionSink
                 ),
             )
         )
+    if (translator := build_translator(settings.translation)) is not None:
+        sinks.append(
+            TranslationSink(
+                room,
+                translator,
+                policy=language_policy(settings),
+                options=TranslationOptions(interims=settings.translation.interims),
+            )
+        )
     return sinks
 
 
 def room_options(settings: Settings) -> RoomOptions:
     gate = None
     if settings.vad_gating:
-        # Deepgram keeps an idle connection open for free (KeepAlive); others are closed
-        keep_alive = settings.stt_providers[0] == "deepgram" or not settings.stt_idle_close
+        keep_alive = traits(settings.stt_providers[0]).keep_alive or not settings.stt_idle_close
         gate = GateOptions(
             preroll=settings.gate_preroll,
             hangover=settings.gate_hangover,
@@ -232,6 +292,16 @@ def room_options(settings: Settings) -> RoomOptions:
         empty_room_timeout=settings.empty_room_timeout,
         max_tracks_per_room=settings.max_tracks_per_room,
         max_tracks_per_worker=settings.max_tracks,
+        languages=language_policy(settings),
+    )
+
+
+def language_policy(settings: Settings) -> LanguagePolicy:
+    return LanguagePolicy(
+        default=settings.language,
+        spoken=settings.languages,
+        translation=settings.translation.languages,
+        max_targets=settings.translation.max_languages,
     )
 
 

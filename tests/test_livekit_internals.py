@@ -1,0 +1,28 @@
+"""The livekit-agents internals the transcriber relies on where it has no public API.
+
+An upgrade that moves one fails here, by name, rather than as a wrong load report or a
+log flooded with retries in production.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+from livekit.agents import AgentServer
+
+from transcriber.worker import OutageLogFilter, cpu_load
+
+
+def test_the_default_cpu_load_is_still_there_and_a_fraction() -> None:
+    server = AgentServer()
+    cpu_load(server)  # the first call starts its sampling thread
+    time.sleep(1.2)
+    assert 0.0 <= cpu_load(server) <= 1.0
+
+
+def test_the_connection_messages_the_outage_filter_matches_are_still_logged() -> None:
+    connection = inspect.getsource(AgentServer._connection_task)
+    assert f'"{OutageLogFilter.LOST}, retrying' in connection
+    registered = inspect.getsource(AgentServer._handle_register)
+    assert f'"{OutageLogFilter.BACK}"' in registered
