@@ -157,7 +157,7 @@ async def test_page_shows_each_sentence_as_interims_then_a_final_under_its_speak
     speakers = [await Speaker(livekit_server, room_name, who).join() for who in ("alice", "bob")]
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await asyncio.gather(*(worker.wait_captioning(s.track_sid) for s in speakers))
+    await worker.wait_tracks(len(speakers))
 
     scripts = {"alice": script_words(3, seed=7), "bob": script_words(2, seed=8)}
     await asyncio.gather(*(speak(s, scripts[s.identity], tmp_path) for s in speakers))
@@ -204,7 +204,7 @@ async def test_late_joining_page_marks_the_earlier_captions_it_is_sent(
     alice = await Speaker(livekit_server, room_name, "alice").join()
     await dispatch(livekit_server, agent_name, room_name)
     await wait_transcriber(livekit_server, room_name)
-    await worker.wait_captioning(alice.track_sid)
+    await worker.wait_tracks(1)
     before = script_words(2, seed=31)
     await speak(alice, before, tmp_path)
     await present.wait_for(lambda: len(present.finals("alice")) >= 2)
@@ -227,18 +227,6 @@ async def test_late_joining_page_marks_the_earlier_captions_it_is_sent(
         await who.leave()
 
 
-async def participant_track(server: LiveKitServer, room: str, identity: str) -> str:
-    """The sid of the participant's first published audio track, as the server lists it."""
-    async with server.api() as lkapi:
-        for _ in range(150):
-            listing = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
-            for p in listing.participants:
-                if p.identity == identity and p.tracks:
-                    return p.tracks[0].sid
-            await asyncio.sleep(0.2)
-    raise AssertionError(f"{identity} published no track")
-
-
 async def test_browser_microphone_is_captioned_under_its_own_name(
     livekit_server: LiveKitServer,
     start_worker,
@@ -256,7 +244,7 @@ async def test_browser_microphone_is_captioned_under_its_own_name(
         browser, page_url, room_name, name="Bea Talks", identity="bea", microphone="1"
     )
     await expect(talker.page.locator("#microphone")).to_have_attribute("aria-pressed", "true")
-    await worker.wait_captioning(await participant_track(livekit_server, room_name, "bea"))
+    await worker.wait_tracks(1)
 
     # the microphone file loops, and its first pass may have played before the transcriber
     # listened: one sentence is heard whole, and every one heard is words of the file's
