@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -57,7 +58,7 @@ async def wait_for_transcriber(lkapi: api.LiveKitAPI, room: str, agent_name: str
     sys.exit(f"the transcriber did not join {room} within 60 s: see the worker log")
 
 
-async def main(room_name: str, agent_name: str) -> None:
+async def main(room_name: str, agent_name: str, repeat: int) -> None:
     url = os.environ["LIVEKIT_URL"]
     viewer, speaker = rtc.Room(), rtc.Room()
     finals: list[str] = []
@@ -89,16 +90,19 @@ async def main(room_name: str, agent_name: str) -> None:
         print(f"room {room_name}: transcriber dispatched, waiting for it to join")
         await wait_for_transcriber(lkapi, room_name, agent_name)
     await asyncio.sleep(2)  # its join settle time, then it subscribes
-    print(f"transcriber joined, speaking {len(SENTENCES)} sentences")
+    times = "until Ctrl-C" if repeat == 0 else f"{repeat} time(s)"
+    print(f"transcriber joined, speaking {len(SENTENCES)} sentences, {times}")
 
     with tempfile.TemporaryDirectory() as tmp:
         clips = [speak_to_wav(s, Path(tmp) / f"{i}.wav") for i, s in enumerate(SENTENCES)]
     frame = RATE // 50
-    for samples in clips:
-        padded = np.concatenate([samples, np.zeros(RATE, dtype=np.int16)])
-        for i in range(0, len(padded) - frame + 1, frame):
-            chunk = padded[i : i + frame]
-            await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), RATE, 1, frame))
+    rounds = itertools.count() if repeat == 0 else range(repeat)
+    for _ in rounds:
+        for samples in clips:
+            padded = np.concatenate([samples, np.zeros(RATE, dtype=np.int16)])
+            for i in range(0, len(padded) - frame + 1, frame):
+                chunk = padded[i : i + frame]
+                await source.capture_frame(rtc.AudioFrame(chunk.tobytes(), RATE, 1, frame))
     await asyncio.sleep(3)
 
     await speaker.disconnect()
@@ -113,5 +117,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--room", default="demo-room")
     parser.add_argument("--agent-name", default=os.environ.get("TRANSCRIBER_AGENT_NAME", "transcriber"))
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="times to speak the sentences; 0 = until Ctrl-C"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.room, args.agent_name))
+    try:
+        asyncio.run(main(args.room, args.agent_name, args.repeat))
+    except KeyboardInterrupt:
+        print()
