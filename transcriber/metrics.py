@@ -108,4 +108,4 @@ def forget_process(pid: int) -> None:
     """Called in the main process when a job process exits: its live gauges (rooms,
     tracks) leave the sums at once, even when it was killed before it could decrement them."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import math
 import time
+from typing import Any
 from collections.abc import Callable
 
 from livekit import api, rtc
@@ -119,7 +120,11 @@ class RoomClaims:
     ) -> None:
         self._agent_name = agent_name
         self._running_rooms = running_rooms
-        self._api_args = {"url": livekit_url, "api_key": api_key, "api_secret": api_secret}
+        self._api_args: dict[str, Any] = {
+            "url": livekit_url,
+            "api_key": api_key,
+            "api_secret": api_secret,
+        }
         self._launch_window = launch_window
         self._lease_ttl = lease_ttl
         self._accepted_at: dict[str, float] = {}

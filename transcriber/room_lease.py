@@ -74,8 +74,9 @@ class LeaseIndex:
         rooms = await self._redis.zrangebyscore(self._key, "-inf", at_ms, start=0, num=limit)
         claimed = []
         for room in rooms:
-            if await self._redis.zrem(self._key, room):
-                claimed.append(room.decode() if isinstance(room, bytes) else room)
+            name = room.decode() if isinstance(room, bytes) else str(room)
+            if await self._redis.zrem(self._key, name):
+                claimed.append(name)
         return claimed
 
     async def aclose(self) -> None:

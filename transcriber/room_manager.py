@@ -147,7 +147,7 @@ class RoomManager:
             ("participant_attributes_changed", self._on_attributes_changed),
             ("reconnected", self._on_reconnected),
         ):
-            self._room.off(event, handler)
+            self._room.off(event, handler)  # type: ignore[arg-type]
         if self._empty_timer is not None:
             await utils.aio.cancel_and_wait(self._empty_timer)
         if self._waiting_timer is not None:

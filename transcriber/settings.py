@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 from .languages import MULTI, is_language_code
 
@@ -262,7 +262,7 @@ class Settings:
         return settings
 
 
-def _read_transcript(reader: _EnvReader) -> dict[str, str | int | float]:
+def _read_transcript(reader: _EnvReader) -> dict[str, Any]:
     s = Settings
     return dict(
         transcript_dir=reader.directory("TRANSCRIBER_TRANSCRIPT_DIR"),

@@ -10,6 +10,8 @@ passed; and with every provider down it keeps trying with backoff while bufferin
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncio
 import collections
 import contextlib
@@ -80,12 +82,12 @@ class ProviderHealth:
         self.down_until = 0.0
 
 
-ProviderFactory = Callable[[], stt.STT]
+ProviderFactory = Callable[[], stt.STT[Any]]
 """Builds one provider STT. Each provider stream gets its own: Speechmatics' `finalize()`
 ends the turn of every stream of its STT, and its STT keeps every stream it made."""
 
 
-class FailoverSTT(stt.STT):
+class FailoverSTT(stt.STT[Any]):
     def __init__(
         self,
         providers: dict[str, ProviderFactory],
@@ -162,7 +164,7 @@ class _Attempt:
     """One provider stream: where its audio started, so its times map to the track's."""
 
     index: int
-    provider: stt.STT
+    provider: stt.STT[Any]
     stream: stt.RecognizeStream
     base: float
     usage: ProviderUsage

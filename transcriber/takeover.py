@@ -102,7 +102,7 @@ class Takeover:
         server: AgentServer,
         *,
         agent_name: str,
-        api_args: dict[str, str],
+        api_args: dict[str, Any],
         redis_url: str = "",
         sweep_interval: float = 1.0,
     ) -> None:

@@ -189,7 +189,7 @@ def active_tracks_in_worker() -> int:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return 0
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     for family in registry.collect():
         if family.name == "transcriber_active_tracks":
             return round(sum(sample.value for sample in family.samples))
