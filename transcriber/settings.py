@@ -12,6 +12,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 BUILTIN_PROVIDERS = ("local", "deepgram", "speechmatics")
+LOCAL_WHISPER_DEVICES = ("cpu", "cuda", "auto")
+LOCAL_WHISPER_COMPUTE_TYPES = (
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+    "default",
+    "auto",
+)
+"""What CTranslate2 accepts; whether the device runs it is checked when the model loads."""
 _PROVIDER_KEYS = {"deepgram": "DEEPGRAM_API_KEY", "speechmatics": "SPEECHMATICS_API_KEY"}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -61,6 +75,10 @@ class Settings:
     speechmatics_api_key: str = field(default="", repr=False)
     local_whisper_model: str = "tiny.en"
     """A faster-whisper model name (downloaded on first use) or a CTranslate2 model dir."""
+    local_whisper_device: str = "cpu"
+    """cpu, cuda, or auto (cuda when a GPU is visible)."""
+    local_whisper_compute_type: str = "int8"
+    """CTranslate2 compute type: int8 on CPU; float16 or int8_float16 on a GPU."""
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     speechmatics: SpeechmaticsSettings = field(default_factory=SpeechmaticsSettings)
     failover_retries: int = 1
@@ -126,6 +144,12 @@ class Settings:
             deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
             local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", "tiny.en"),
+            local_whisper_device=reader.choice(
+                "LOCAL_WHISPER_DEVICE", LOCAL_WHISPER_DEVICES, default="cpu"
+            ),
+            local_whisper_compute_type=reader.choice(
+                "LOCAL_WHISPER_COMPUTE_TYPE", LOCAL_WHISPER_COMPUTE_TYPES, default="int8"
+            ),
             deepgram=DeepgramSettings(
                 model=reader.text("DEEPGRAM_MODEL", "nova-3"),
                 url=reader.url("DEEPGRAM_URL", default=DeepgramSettings.url),
@@ -245,6 +269,12 @@ class _EnvReader:
             raise SettingsError(
                 f"{name}={value!r} is not a URL: use wss://host/path (or ws:// for a local server)"
             )
+        return value
+
+    def choice(self, name: str, choices: tuple[str, ...], *, default: str) -> str:
+        value = self.text(name, default)
+        if value not in choices:
+            raise SettingsError(f"{name}={value!r} is not valid: use one of {', '.join(choices)}")
         return value
 
     def words(self, name: str) -> tuple[str, ...]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from livekit.agents import stt
 from livekit.agents.types import NOT_GIVEN
@@ -40,22 +40,39 @@ def check_providers_installed(settings: Settings) -> None:
         else:
             _load_factory(name)
     if "local" in settings.stt_providers:
-        _check_local_model(settings.local_whisper_model, settings.language)
+        check_local_whisper(
+            settings.local_whisper_model,
+            [settings.language],
+            device=settings.local_whisper_device,
+            compute_type=settings.local_whisper_compute_type,
+        )
     importlib.import_module("livekit.plugins.silero")
 
 
-def _check_local_model(model: str, language: str) -> None:
-    """A known model name is fine even if not downloaded yet (it downloads on first use),
+def check_local_whisper(
+    model: str, languages: Collection[str], *, device: str = "cpu", compute_type: str = "int8"
+) -> None:
+    """Refuse at start what local Whisper would refuse on the first track.
+
+    A known model name is fine even if not downloaded yet (it downloads on first use),
     unless downloads are off (HF_HUB_OFFLINE, as in the image): then it must be cached. A
-    path must hold a readable model; an English-only model needs language en."""
+    path must hold a readable model. An English-only model (a name ending in `.en`, or a
+    directory whose vocabulary has no language tokens, like the packaged tiny.en) accepts
+    only English among `languages`. The device must exist and run the compute type.
+    """
     from faster_whisper.utils import available_models
     from livekit.plugins.local_whisper import ModelLoadError
-    from livekit.plugins.local_whisper.backend import check_language, resolve_model
+    from livekit.plugins.local_whisper.backend import (
+        check_compute_type,
+        check_languages,
+        resolve_model,
+    )
 
     try:
         if model not in available_models() or os.environ.get("HF_HUB_OFFLINE"):
             resolve_model(model)
-        check_language(model, language)
+        check_languages(model, languages)
+        check_compute_type(compute_type, device)
     except ModelLoadError as e:
         raise SettingsError(str(e)) from None
 
@@ -100,7 +117,11 @@ def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT:
         from livekit.plugins import local_whisper
 
         return local_whisper.STT(
-            model=settings.local_whisper_model, language=settings.language, vad=vad
+            model=settings.local_whisper_model,
+            language=settings.language,
+            device=settings.local_whisper_device,
+            compute_type=settings.local_whisper_compute_type,
+            vad=vad,
         )
     if name == "deepgram":
         from livekit.plugins import deepgram
