@@ -26,8 +26,8 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -275,9 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--model", default=_default_model())
-    parser.add_argument(
-        "--streams", default="1,2,4,8,12", help="comma-separated stream counts"
-    )
+    parser.add_argument("--streams", default="1,2,4,8,12", help="comma-separated stream counts")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--compute-type", default="int8")
     args = parser.parse_args()
@@ -321,7 +319,8 @@ def main() -> None:
         "final_latency_p50_s": single.final_latency_p50_s,
         "realtime_streams": max((r.streams for r in runs if r.keeps_up), default=0),
         "invented_interim_word_rate": round(
-            sum(r.invented_interim_words for r in runs) / max(1, sum(r.interim_words for r in runs)),
+            sum(r.invented_interim_words for r in runs)
+            / max(1, sum(r.interim_words for r in runs)),
             4,
         ),
         "per_stream": [

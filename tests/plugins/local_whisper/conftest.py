@@ -55,8 +55,8 @@ async def feed(stream: stt.RecognizeStream, clips: list[Clip], *, real_time: boo
     """Push the clips as 10 ms frames, at the pace a live track would, or all at once."""
     loop = asyncio.get_running_loop()
     started, pushed = loop.time(), 0
-    for clip in clips:
-        for frame in clip.frames():
+    for each in clips:
+        for frame in each.frames():
             stream.push_frame(frame)
             pushed += 1
             if real_time:

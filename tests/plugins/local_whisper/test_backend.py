@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import ctranslate2
 import numpy as np
 import pytest
-import ctranslate2
 from livekit.plugins.local_whisper import Job, Lead, ModelLoadError, WhisperBackend, Word
 from livekit.plugins.local_whisper.backend import (
     check_compute_type,
@@ -93,9 +93,7 @@ def test_cuda_without_a_gpu_says_to_use_cpu_or_auto() -> None:
     assert check_device("auto") == "cpu"
 
 
-@pytest.mark.skipif(
-    ctranslate2.get_cuda_device_count() == 0, reason="no CUDA GPU on this machine"
-)
+@pytest.mark.skipif(ctranslate2.get_cuda_device_count() == 0, reason="no CUDA GPU on this machine")
 def test_the_model_decodes_on_the_gpu(model_path: str) -> None:
     backend = WhisperBackend(model_path, device="cuda", compute_type="float16")
     audio, expected = sentence_audio("us-160", 2)

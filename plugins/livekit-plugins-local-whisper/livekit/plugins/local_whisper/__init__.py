@@ -16,8 +16,8 @@ from .backend import (
     Word,
 )
 from .policy import LocalAgreement
-from .scheduler import Scheduler, SchedulerFull
 from .processor import StreamProcessor
+from .scheduler import Scheduler, SchedulerFull
 from .stt import STT, SpeechStream, STTOptions
 from .version import __version__
 

@@ -356,8 +356,7 @@ class WhisperBackend:
         again = [
             i
             for i, (job, offset) in enumerate(zip(jobs, offsets, strict=True))
-            if offset
-            and len(job.audio) / SAMPLE_RATE - (heard[i].heard_until - offset) >= _UNHEARD
+            if offset and len(job.audio) / SAMPLE_RATE - (heard[i].heard_until - offset) >= _UNHEARD
         ]
         retried = self._decode(
             [
@@ -495,7 +494,9 @@ class WhisperBackend:
         text_tokens: list[int] = []
         for token in generated.tokens:
             if token >= tokenizer.timestamp_begin:
-                if (token - tokenizer.timestamp_begin) * self._model.time_precision > duration + 0.5:
+                if (
+                    token - tokenizer.timestamp_begin
+                ) * self._model.time_precision > duration + 0.5:
                     break
             elif token < tokenizer.eot:
                 text_tokens.append(token)
@@ -519,7 +520,7 @@ class WhisperBackend:
                 self._tokenizer(language),
                 [texts[k] for k in ks],
                 output,
-                [content[k] for k in ks],  # type: ignore[arg-type]  # align takes a list too
+                [content[k] for k in ks],  # CTranslate2 takes a list of frame counts too
             )
             for k, alignment in zip(ks, found, strict=True):
                 alignments[k] = alignment
@@ -565,8 +566,10 @@ def _rows(encoder_output: Any, rows: list[int]) -> Any:
     """Some items of a batch's encoder output, as a new batch."""
     import ctranslate2
 
-    on_cpu = encoder_output if encoder_output.device == "cpu" else encoder_output.to_device(
-        ctranslate2.Device.cpu
+    on_cpu = (
+        encoder_output
+        if encoder_output.device == "cpu"
+        else encoder_output.to_device(ctranslate2.Device.cpu)
     )
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(on_cpu)[rows]))
 

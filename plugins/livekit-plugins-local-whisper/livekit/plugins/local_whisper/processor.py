@@ -456,5 +456,3 @@ def speech_data(words: list[Word], language: str, *, offset: float) -> stt.Speec
             for w in words
         ],
     )
-
-
