@@ -198,8 +198,10 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBackend) -> RunResult:
-    scheduler = Scheduler(lambda: backend, workers=backend.parallelism, max_batch=MAX_BATCH)
+async def _run(
+    model: str, clips: list[Clip], streams: int, backend: _TimedBackend, max_batch: int = MAX_BATCH
+) -> RunResult:
+    scheduler = Scheduler(lambda: backend, workers=backend.parallelism, max_batch=max_batch)
     speech = local_whisper.STT(model=model, scheduler=scheduler)
     # every clip is played at least once and every stream plays as long, all busy together
     per_stream = -(-len(clips) // streams)
@@ -271,6 +273,17 @@ def _default_model() -> str:
         return local_whisper.DEFAULT_MODEL
 
 
+def _print_row(r: RunResult) -> None:
+    print(
+        f"{r.streams:>7} {r.streaming_wer:>6.3f} "
+        f"{r.first_interim_latency_p50_s:>9.2f} / {r.first_interim_latency_p90_s:<8.2f} "
+        f"{r.final_latency_p50_s:>6.2f} / {r.final_latency_p90_s:<6.2f} "
+        f"{r.max_tail_s:>6.2f} {r.invented_interim_word_rate:>8.3f} {r.mean_batch:>5.1f} "
+        f"{r.model_busy:>5.2f} {r.realtime_factor:>5.2f} "
+        f"{r.cpu_cores_per_stream:>12.2f} {str(r.keeps_up):>8}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -278,6 +291,11 @@ def main() -> None:
     parser.add_argument("--streams", default="1,2,4,8,12", help="comma-separated stream counts")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--compute-type", default="int8")
+    parser.add_argument(
+        "--compare-unbatched",
+        action="store_true",
+        help="also run each stream count with one decode per model call",
+    )
     args = parser.parse_args()
 
     clips = all_clips(SAMPLE_RATE)
@@ -287,7 +305,12 @@ def main() -> None:
     backend = _TimedBackend(
         WhisperBackend(args.model, device=args.device, compute_type=args.compute_type)
     )
-    runs = [asyncio.run(_run(args.model, clips, int(n), backend)) for n in args.streams.split(",")]
+    runs, unbatched = [], []
+    for n in args.streams.split(","):
+        runs.append(asyncio.run(_run(args.model, clips, int(n), backend)))
+        if args.compare_unbatched and int(n) > 1:
+            # right after, so both see the same machine: what batching saves
+            unbatched.append(asyncio.run(_run(args.model, clips, int(n), backend, max_batch=1)))
 
     header = (
         f"{'streams':>7} {'WER':>6} {'1st interim p50/p90':>20} {'final p50/p90':>15} "
@@ -297,14 +320,7 @@ def main() -> None:
     print(f"model {args.model}, {os.cpu_count()} cores; offline WER {offline:.3f}")
     print(header)
     for r in runs:
-        print(
-            f"{r.streams:>7} {r.streaming_wer:>6.3f} "
-            f"{r.first_interim_latency_p50_s:>9.2f} / {r.first_interim_latency_p90_s:<8.2f} "
-            f"{r.final_latency_p50_s:>6.2f} / {r.final_latency_p90_s:<6.2f} "
-            f"{r.max_tail_s:>6.2f} {r.invented_interim_word_rate:>8.3f} {r.mean_batch:>5.1f} "
-            f"{r.model_busy:>5.2f} {r.realtime_factor:>5.2f} "
-            f"{r.cpu_cores_per_stream:>12.2f} {str(r.keeps_up):>8}"
-        )
+        _print_row(r)
 
     single = runs[0]
     summary = {
@@ -337,6 +353,17 @@ def main() -> None:
         ],
         "runs": [asdict(r) for r in runs],
     }
+    if unbatched:
+        batched = {r.streams: r for r in runs}
+        summary["unbatched_runs"] = [asdict(r) for r in unbatched]
+        summary["batching_rtf_ratio"] = {
+            str(u.streams): round(batched[u.streams].realtime_factor / u.realtime_factor, 3)
+            for u in unbatched
+        }
+        # model time per audio second, batched over unbatched: below 1 is what batching saves
+        print("without batching:")
+        for r in unbatched:
+            _print_row(r)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
