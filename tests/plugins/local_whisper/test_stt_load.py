@@ -181,3 +181,23 @@ async def test_an_english_only_model_refuses_a_stream_in_another_language(
     with pytest.raises(ModelLoadError, match="only understands English but language='fr'"):
         speech.stream(language="fr")
     await speech.stream(language="auto").aclose()  # English is all it detects
+
+
+async def test_a_failing_model_ends_the_stream_with_its_error_while_audio_still_flows(
+    vad: silero.VAD,
+) -> None:
+    class Broken(ScriptedBackend):
+        def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript]:
+            raise RuntimeError("the model broke")
+
+    speech = scripted_stt(vad, Broken(delay=0.0))
+    stream = speech.stream()
+    feeder = asyncio.create_task(feed(stream, [long_speech(25)], real_time=True))
+    try:
+        with pytest.raises(RuntimeError, match="the model broke"):
+            async with asyncio.timeout(10):  # long before the 25 s of audio end
+                async for _ in stream:
+                    pass
+    finally:
+        feeder.cancel()
+        await stream.aclose()

@@ -235,17 +235,24 @@ class SpeechStream(stt.RecognizeStream):
             asyncio.create_task(self._forward_audio(vad_stream), name="local_whisper.audio"),
             asyncio.create_task(self._follow_vad(vad_stream), name="local_whisper.vad"),
         ]
+        settled = asyncio.create_task(self._settled.wait(), name="local_whisper.settled")
+        heard = asyncio.gather(*tasks)
         try:
-            await asyncio.gather(*tasks)
-            self._processor.finish()
-            self._pump()
-            await self._settled.wait()
+            # until the input ends, or a failed decode ends the stream first
+            await asyncio.wait([heard, settled], return_when=asyncio.FIRST_COMPLETED)
+            if not settled.done():
+                await heard  # raises what failed in the audio or the VAD
+                self._processor.finish()
+                self._pump()
+                await settled
             if self._failure is not None:
                 raise self._failure
         finally:
+            self._settled.set()  # decodes that come back now are dropped
             for timer in self._timers:
                 timer.cancel()
-            await aio.cancel_and_wait(*tasks)
+            await aio.cancel_and_wait(*tasks, settled)
+            heard.cancel()
             await vad_stream.aclose()
             self._scheduler.discard(self)
 
@@ -296,18 +303,22 @@ class SpeechStream(stt.RecognizeStream):
             self._settled.set()
 
     def _decoded(self, decode: Decode, asked: float, future: asyncio.Future[Transcript]) -> None:
-        if future.cancelled():
-            self._processor.skip(decode)
-        elif (error := future.exception()) is not None:
-            self._failure = error
-            self._settled.set()
-            return
-        else:
-            if decode.kind == "interim":
-                self._processor.observe_latency(asyncio.get_running_loop().time() - asked)
-            self._processor.take(decode, future.result())
-        if not self._settled.is_set():
+        if self._settled.is_set():
+            return  # the stream ended meanwhile
+        try:
+            if future.cancelled():
+                self._processor.skip(decode)
+            elif (error := future.exception()) is not None:
+                raise error
+            else:
+                if decode.kind == "interim":
+                    self._processor.observe_latency(asyncio.get_running_loop().time() - asked)
+                self._processor.take(decode, future.result())
             self._pump()
+        except Exception as e:
+            # a callback's exception would only be logged: end the stream with it instead
+            self._failure = e
+            self._settled.set()
 
     def _watch_lag(self) -> None:
         """Say so when the stream falls behind real time, and when it has caught up."""
