@@ -2,13 +2,16 @@
 
     python -m benchmarks.whisper_stream --json whisper_stream.json
 
-For 1, 2 and 4 concurrent streams, each stream plays synthetic meeting clips
+For 1, 2, 4, 8 and 12 concurrent streams, each stream plays synthetic meeting clips
 (tests/speech_clips.py) at 48 kHz in real time through `local_whisper.STT`, and we measure:
 
 - streaming WER: the finals of each stream against what was said;
 - offline WER: the same model decoding each whole clip at once (faster-whisper's own
   transcribe, same beam size), the accuracy streaming should get close to;
 - first-interim latency: from the first sound of a sentence to its first transcript event;
+- invented interim words: the share of interim (and preflight) words that are neither in
+  what was said nor in the final of their utterance: words the captions showed for a
+  moment that nobody said;
 - final latency: from the last sound of a sentence to its final transcript;
 - model busy: share of wall time the model spent decoding, and CPU cores the process used.
 
@@ -23,6 +26,7 @@ import asyncio
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,6 +41,7 @@ FRAME_MS = 10
 SAMPLE_RATE = 48000
 KEEP_UP_FINAL_P90 = 2.0
 KEEP_UP_TAIL = 2.5
+MAX_BATCH = 8
 
 
 @dataclass
@@ -48,6 +53,7 @@ class _Heard:
     text: str
     start: float
     end: float
+    utterance: str
 
 
 @dataclass
@@ -56,6 +62,8 @@ class StreamResult:
     finals: list[str] = field(default_factory=list)
     first_interim_latencies: list[float] = field(default_factory=list)
     final_latencies: list[float] = field(default_factory=list)
+    interim_words: int = 0
+    invented_interim_words: int = 0
     tail: float = 0.0
     """Seconds from the last audio frame to the end of the stream's output.
 
@@ -74,30 +82,37 @@ class RunResult:
     final_latency_p50_s: float
     final_latency_p90_s: float
     max_tail_s: float
+    invented_interim_word_rate: float
+    interim_words: int
+    invented_interim_words: int
     model_busy: float
     """Decoding time over wall time: 2.0 is two decodes running all the time."""
     realtime_factor: float
     """Decoding time per second of audio, summed over streams."""
     cpu_cores_per_stream: float
     keeps_up: bool
+    mean_batch: float
+    """Decodes per model call: how much batching there was."""
 
 
 class _TimedBackend:
-    """Counts how long the model spends decoding."""
+    """Counts how long the model spends decoding, and how many jobs per batch."""
 
     def __init__(self, backend: WhisperBackend) -> None:
         self._backend = backend
         self.parallelism = backend.parallelism
         self.busy = 0.0
+        self.batches = 0
+        self.jobs = 0
 
-    def transcribe(
-        self, audio: np.ndarray, prompt: str = "", *, lead: local_whisper.Lead | None = None
-    ) -> list[local_whisper.Word]:
+    def transcribe_batch(self, jobs: Sequence[local_whisper.Job]) -> list[local_whisper.Transcript]:
         start = time.perf_counter()
         try:
-            return self._backend.transcribe(audio, prompt, lead=lead)
+            return self._backend.transcribe_batch(jobs)
         finally:
             self.busy += time.perf_counter() - start
+            self.batches += 1
+            self.jobs += len(jobs)
 
 
 async def _play(speech: local_whisper.STT, clips: list[Clip]) -> StreamResult:
@@ -125,7 +140,12 @@ async def _play(speech: local_whisper.STT, clips: list[Clip]) -> StreamResult:
                 alt = event.alternatives[0]
                 heard.append(
                     _Heard(
-                        event.type, loop.time() - started, alt.text, alt.start_time, alt.end_time
+                        event.type,
+                        loop.time() - started,
+                        alt.text,
+                        alt.start_time,
+                        alt.end_time,
+                        event.request_id,
                     )
                 )
 
@@ -136,6 +156,7 @@ async def _play(speech: local_whisper.STT, clips: list[Clip]) -> StreamResult:
     await stream.aclose()
 
     result.finals = [h.text for h in heard if h.kind == stt.SpeechEventType.FINAL_TRANSCRIPT]
+    _count_invented(heard, result)
 
     offset = 0.0
     for clip in clips:
@@ -151,6 +172,22 @@ async def _play(speech: local_whisper.STT, clips: list[Clip]) -> StreamResult:
     return result
 
 
+def _count_invented(heard: list[_Heard], result: StreamResult) -> None:
+    """Interim words found neither in the reference nor in their utterance's final."""
+    said = set(normalize_words(result.reference))
+    finals: dict[str, set[str]] = {}
+    for h in heard:
+        if h.kind == stt.SpeechEventType.FINAL_TRANSCRIPT:
+            finals.setdefault(h.utterance, set()).update(normalize_words(h.text))
+    shown = (stt.SpeechEventType.INTERIM_TRANSCRIPT, stt.SpeechEventType.PREFLIGHT_TRANSCRIPT)
+    for h in heard:
+        if h.kind in shown:
+            words = normalize_words(h.text)
+            result.interim_words += len(words)
+            final = finals.get(h.utterance, set())
+            result.invented_interim_words += sum(w not in said and w not in final for w in words)
+
+
 def _corpus_wer(pairs: list[tuple[str, str]]) -> float:
     words = sum(len(normalize_words(ref)) for ref, _ in pairs)
     errors = sum(word_error_rate(ref, hyp) * len(normalize_words(ref)) for ref, hyp in pairs)
@@ -161,8 +198,10 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBackend) -> RunResult:
-    scheduler = Scheduler(lambda: backend, workers=backend.parallelism)
+async def _run(
+    model: str, clips: list[Clip], streams: int, backend: _TimedBackend, max_batch: int = MAX_BATCH
+) -> RunResult:
+    scheduler = Scheduler(lambda: backend, workers=backend.parallelism, max_batch=max_batch)
     speech = local_whisper.STT(model=model, scheduler=scheduler)
     # every clip is played at least once and every stream plays as long, all busy together
     per_stream = -(-len(clips) // streams)
@@ -171,7 +210,7 @@ async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBacke
         for i in range(streams)
     ]
 
-    backend.busy = 0.0
+    backend.busy, backend.batches, backend.jobs = 0.0, 0, 0
     wall, cpu = time.perf_counter(), time.process_time()
     results = await asyncio.gather(*(_play(speech, p) for p in playlists))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -191,6 +230,14 @@ async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBacke
         final_latency_p50_s=round(_percentile(final, 50), 3),
         final_latency_p90_s=round(_percentile(final, 90), 3),
         max_tail_s=round(max_tail, 2),
+        invented_interim_word_rate=round(
+            sum(r.invented_interim_words for r in results)
+            / max(1, sum(r.interim_words for r in results)),
+            4,
+        ),
+        interim_words=sum(r.interim_words for r in results),
+        invented_interim_words=sum(r.invented_interim_words for r in results),
+        mean_batch=round(backend.jobs / max(backend.batches, 1), 2),
         model_busy=round(backend.busy / wall, 3),
         realtime_factor=round(backend.busy / audio_seconds, 3),
         cpu_cores_per_stream=round(cpu / wall / streams, 3),
@@ -198,11 +245,15 @@ async def _run(model: str, clips: list[Clip], streams: int, backend: _TimedBacke
     )
 
 
-def _offline_wer(model: str, clips: list[Clip], beam_size: int) -> float:
+def _offline_wer(
+    model: str, clips: list[Clip], beam_size: int, device: str, compute_type: str
+) -> float:
     from faster_whisper import WhisperModel
-    from livekit.plugins.local_whisper.backend import resolve_model
+    from livekit.plugins.local_whisper.backend import check_device, resolve_model
 
-    whisper = WhisperModel(resolve_model(model), device="cpu", compute_type="int8")
+    whisper = WhisperModel(
+        resolve_model(model), device=check_device(device), compute_type=compute_type
+    )
     pairs = []
     for clip in clips:
         audio = clip.samples().astype(np.float32) / 32768.0
@@ -222,46 +273,136 @@ def _default_model() -> str:
         return local_whisper.DEFAULT_MODEL
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--model", default=_default_model())
-    parser.add_argument("--streams", default="1,2,4", help="comma-separated stream counts")
-    args = parser.parse_args()
+def _batch_speedup(backend: WhisperBackend, clips: list[Clip], rounds: int = 3) -> float:
+    """How much faster the model decodes 8 windows of 3 s in one batch than one by one.
 
-    clips = all_clips(SAMPLE_RATE)
-    offline = _offline_wer(args.model, all_clips(16000), beam_size=1)
-    backend = _TimedBackend(WhisperBackend(args.model))
-    runs = [asyncio.run(_run(args.model, clips, int(n), backend)) for n in args.streams.split(",")]
+    Alternated rounds, median ratio: on a shared machine both sides see the same load.
+    """
+    windows = []
+    for clip in clips:
+        audio = clip.samples().astype(np.float32) / 32768.0
+        for sentence in clip.sentences[:2]:
+            start = int(max(sentence.start - 0.3, 0) * 16000)
+            windows.append(local_whisper.Job(audio[start : start + 3 * 16000]))
+    jobs = windows[:8]
+    ratios = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for job in jobs:
+            backend.transcribe_batch([job])
+        alone = time.perf_counter() - started
+        started = time.perf_counter()
+        backend.transcribe_batch(jobs)
+        ratios.append(alone / (time.perf_counter() - started))
+    return round(float(np.median(ratios)), 2)
 
-    header = (
-        f"{'streams':>7} {'WER':>6} {'1st interim p50/p90':>20} {'final p50/p90':>15} "
-        f"{'tail':>6} {'busy':>5} {'RTF':>5} {'cores/stream':>12} {'keeps up':>8}"
+
+def _print_row(r: RunResult) -> None:
+    print(
+        f"{r.streams:>7} {r.streaming_wer:>6.3f} "
+        f"{r.first_interim_latency_p50_s:>9.2f} / {r.first_interim_latency_p90_s:<8.2f} "
+        f"{r.final_latency_p50_s:>6.2f} / {r.final_latency_p90_s:<6.2f} "
+        f"{r.max_tail_s:>6.2f} {r.invented_interim_word_rate:>8.3f} {r.mean_batch:>5.1f} "
+        f"{r.model_busy:>5.2f} {r.realtime_factor:>5.2f} "
+        f"{r.cpu_cores_per_stream:>12.2f} {str(r.keeps_up):>8}"
     )
-    print(f"model {args.model}, {os.cpu_count()} cores; offline WER {offline:.3f}")
-    print(header)
-    for r in runs:
-        print(
-            f"{r.streams:>7} {r.streaming_wer:>6.3f} "
-            f"{r.first_interim_latency_p50_s:>9.2f} / {r.first_interim_latency_p90_s:<8.2f} "
-            f"{r.final_latency_p50_s:>6.2f} / {r.final_latency_p90_s:<6.2f} "
-            f"{r.max_tail_s:>6.2f} {r.model_busy:>5.2f} {r.realtime_factor:>5.2f} "
-            f"{r.cpu_cores_per_stream:>12.2f} {str(r.keeps_up):>8}"
-        )
 
+
+def _summary(
+    args: argparse.Namespace,
+    offline: float,
+    speedup: float,
+    runs: list[RunResult],
+    unbatched: list[RunResult],
+) -> dict[str, object]:
     single = runs[0]
-    summary = {
+    summary: dict[str, object] = {
         "model": args.model,
+        "device": args.device,
+        "compute_type": args.compute_type,
         "cpu_count": os.cpu_count(),
-        "clips": len(clips),
+        "clips": len(all_clips(16000)),
         "offline_wer": round(offline, 4),
+        "batch_speedup": speedup,
         "streaming_wer": single.streaming_wer,
         "first_interim_latency_p50_s": single.first_interim_latency_p50_s,
         "final_latency_p50_s": single.final_latency_p50_s,
         "realtime_streams": max((r.streams for r in runs if r.keeps_up), default=0),
+        "invented_interim_word_rate": round(
+            sum(r.invented_interim_words for r in runs)
+            / max(1, sum(r.interim_words for r in runs)),
+            4,
+        ),
+        "per_stream": [
+            {
+                "streams": r.streams,
+                "streaming_wer": r.streaming_wer,
+                "first_interim_latency_p50_s": r.first_interim_latency_p50_s,
+                "final_latency_p50_s": r.final_latency_p50_s,
+                "final_latency_p90_s": r.final_latency_p90_s,
+                "invented_interim_word_rate": r.invented_interim_word_rate,
+                "keeps_up": r.keeps_up,
+            }
+            for r in runs
+        ],
         "runs": [asdict(r) for r in runs],
     }
+    if unbatched:
+        batched = {r.streams: r for r in runs}
+        summary["unbatched_runs"] = [asdict(r) for r in unbatched]
+        # model time per audio second, batched over unbatched: below 1 is what batching saves
+        summary["batching_rtf_ratio"] = {
+            str(u.streams): round(batched[u.streams].realtime_factor / u.realtime_factor, 3)
+            for u in unbatched
+        }
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--model", default=_default_model())
+    parser.add_argument("--streams", default="1,2,4,8,12", help="comma-separated stream counts")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--compute-type", default="int8")
+    parser.add_argument(
+        "--compare-unbatched",
+        action="store_true",
+        help="also run each stream count with one decode per model call",
+    )
+    args = parser.parse_args()
+
+    clips = all_clips(SAMPLE_RATE)
+    offline = _offline_wer(
+        args.model, all_clips(16000), 1, device=args.device, compute_type=args.compute_type
+    )
+    whisper = WhisperBackend(args.model, device=args.device, compute_type=args.compute_type)
+    speedup = _batch_speedup(whisper, all_clips(16000))
+    backend = _TimedBackend(whisper)
+    runs, unbatched = [], []
+    for n in args.streams.split(","):
+        runs.append(asyncio.run(_run(args.model, clips, int(n), backend)))
+        if args.compare_unbatched and int(n) > 1:
+            # right after, so both see the same machine: what batching saves
+            unbatched.append(asyncio.run(_run(args.model, clips, int(n), backend, max_batch=1)))
+
+    print(
+        f"model {args.model}, {os.cpu_count()} cores; offline WER {offline:.3f}; "
+        f"a batch of 8 decodes {speedup:.2f}x faster than 8 single ones"
+    )
+    print(
+        f"{'streams':>7} {'WER':>6} {'1st interim p50/p90':>20} {'final p50/p90':>15} "
+        f"{'tail':>6} {'invented':>8} {'batch':>5} {'busy':>5} {'RTF':>5} "
+        f"{'cores/stream':>12} {'keeps up':>8}"
+    )
+    for r in runs:
+        _print_row(r)
+    if unbatched:
+        print("without batching:")
+        for r in unbatched:
+            _print_row(r)
     if args.json:
+        summary = _summary(args, offline, speedup, runs, unbatched)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
 
 

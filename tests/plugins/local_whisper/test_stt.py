@@ -15,7 +15,18 @@ from livekit import rtc
 from livekit.agents import stt
 from livekit.plugins.local_whisper import STT, ModelLoadError
 
-from tests.speech_clips import CLIP_NAMES, Clip, clip, long_speech, noise, silence, word_error_rate
+from tests.speech_clips import (
+    CLIP_NAMES,
+    Clip,
+    clip,
+    long_speech,
+    noise,
+    normalize_words,
+    silence,
+    word_error_rate,
+)
+
+from .conftest import feed
 
 Kind = stt.SpeechEventType
 Transcribe = Callable[..., Awaitable[list[stt.SpeechEvent]]]
@@ -207,3 +218,70 @@ def frames_until(c: Clip, seconds: float) -> list[rtc.AudioFrame]:
 
 async def _all(stream: stt.RecognizeStream) -> list[stt.SpeechEvent]:
     return [event async for event in stream]
+
+
+@pytest.mark.parametrize("name", ["silence", "loud_noise", "breathing"])
+async def test_thirty_seconds_of_silence_noise_or_breathing_give_no_caption_at_all(
+    make_stt: Callable[..., STT], transcribe: Transcribe, request: pytest.FixtureRequest, name: str
+) -> None:
+    quiet = silence(30) if name == "silence" else request.getfixturevalue(name)
+
+    events = await transcribe(make_stt(), quiet, real_time=True)
+
+    assert [e.alternatives[0].text for e in events if e.alternatives] == []
+    assert events == []
+
+
+async def test_noise_before_the_first_word_gives_no_interim_before_it(
+    make_stt: Callable[..., STT], noise_then_speech: Clip
+) -> None:
+    onset = noise_then_speech.sentences[0].start
+    said = set(normalize_words(noise_then_speech.text))
+    stream = make_stt().stream()
+    loop = asyncio.get_running_loop()
+    arrivals: list[tuple[float, stt.SpeechEvent]] = []
+    try:
+        started = loop.time()
+        feeder = asyncio.create_task(feed(stream, [noise_then_speech], real_time=True))
+        async with asyncio.timeout(60):
+            async for event in stream:
+                arrivals.append((loop.time() - started, event))
+        await feeder
+    finally:
+        await stream.aclose()
+
+    captions = [(at, e) for at, e in arrivals if e.alternatives]
+    first_final = next(i for i, (_, e) in enumerate(captions) if e.type == Kind.FINAL_TRANSCRIPT)
+    assert captions[0][0] > onset, captions[0]
+    for _, event in captions[:first_final]:
+        heard = normalize_words(event.alternatives[0].text)
+        assert set(heard) <= said, event.alternatives[0].text
+
+
+async def test_preflight_words_only_grow_and_start_the_final(
+    make_stt: Callable[..., STT], transcribe: Transcribe
+) -> None:
+    events = await transcribe(make_stt(), clip("gb-150", 16000), real_time=True)
+
+    by_utterance: dict[str, list[stt.SpeechEvent]] = {}
+    for event in events:
+        if event.alternatives:
+            by_utterance.setdefault(event.request_id, []).append(event)
+    starts_final = with_preflights = 0
+    for utterance in by_utterance.values():
+        preflights = [
+            [str(w) for w in e.alternatives[0].words or []]
+            for e in utterance
+            if e.type == Kind.PREFLIGHT_TRANSCRIPT
+        ]
+        for shorter, longer in zip(preflights, preflights[1:], strict=False):
+            assert len(longer) > len(shorter) and longer[: len(shorter)] == shorter
+        final = [e for e in utterance if e.type == Kind.FINAL_TRANSCRIPT]
+        assert len(final) == 1
+        final_words = [str(w) for w in final[0].alternatives[0].words or []]
+        if preflights:
+            with_preflights += 1
+            starts_final += final_words[: len(preflights[-1])] == preflights[-1]
+    # how many utterances get a preflight before their final depends on CPU time
+    assert with_preflights >= 1
+    assert starts_final >= with_preflights - 1  # hearing it all, the final may rephrase one

@@ -1,11 +1,22 @@
 """Local Whisper plugin for LiveKit Agents
 
-Streaming speech-to-text with a Whisper model on the CPU (faster-whisper), segmented by
-Silero VAD: interim transcripts while someone speaks, a final one when they pause.
+Streaming speech-to-text with a Whisper model on the CPU or GPU (faster-whisper), segmented
+by Silero VAD: interim transcripts while someone speaks, a final one when they pause. The
+decodes of concurrent streams are batched onto one model, whatever their language.
 """
 
-from .backend import DEFAULT_MODEL, MODEL_ENV, Lead, ModelLoadError, WhisperBackend, Word
+from .backend import (
+    DEFAULT_MODEL,
+    MODEL_ENV,
+    Job,
+    Lead,
+    ModelLoadError,
+    Transcript,
+    WhisperBackend,
+    Word,
+)
 from .policy import LocalAgreement
+from .processor import StreamProcessor
 from .scheduler import Scheduler, SchedulerFull
 from .stt import STT, SpeechStream, STTOptions
 from .version import __version__
@@ -18,6 +29,9 @@ __all__ = [
     "WhisperBackend",
     "Word",
     "Lead",
+    "Job",
+    "Transcript",
+    "StreamProcessor",
     "LocalAgreement",
     "Scheduler",
     "SchedulerFull",

@@ -5,8 +5,11 @@ older one's place in the queue (and its turn), because only the freshest audio m
 Streams are served in turn, so a busy speaker cannot starve a quiet one, and requests
 marked urgent (a final at the end of an utterance) go before interim ones.
 
-Decoding runs in worker threads, as many as the backend can decode at once; CTranslate2
-releases the GIL while it computes, so the event loops that submit requests keep running.
+A worker takes the requests that are due as one batch (its share of the queue, at most
+`max_batch`): the model encodes and decodes a batch in one call, which costs much less
+than one call per stream. Decoding runs in worker threads, as many as the backend can run
+at once; CTranslate2 releases the GIL while it computes, so the event loops that submit
+requests keep running.
 The queue is guarded by a lock rather than tied to an event loop, because agent jobs may
 run in threads with loops of their own.
 """
@@ -16,20 +19,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
-from .backend import Lead, Word
+from .backend import Job, Transcript
 from .log import logger
 
 
 class Backend(Protocol):
-    def transcribe(
-        self, audio: np.ndarray, prompt: str = "", *, lead: Lead | None = None
-    ) -> list[Word]: ...
+    def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript]: ...
 
 
 class SchedulerFull(Exception):
@@ -42,44 +41,45 @@ class SchedulerFull(Exception):
 
 @dataclass(eq=False)
 class _Request:
-    audio: np.ndarray
-    prompt: str
-    lead: Lead | None
+    job: Job
     urgent: bool
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[Word]]
+    future: asyncio.Future[Transcript]
 
 
 class Scheduler:
     def __init__(
-        self, load: Callable[[], Backend], *, workers: int = 1, max_waiting: int = 32
+        self,
+        load: Callable[[], Backend],
+        *,
+        workers: int = 1,
+        max_waiting: int = 32,
+        max_batch: int = 8,
     ) -> None:
-        """`load` builds the backend, in a worker thread; `workers` decodes run at once."""
+        """`load` builds the backend, in a worker thread; `workers` batches run at once."""
         self._load = load
         self._workers = workers
         self._max_waiting = max_waiting
+        self._max_batch = max_batch
         self._queue: OrderedDict[Hashable, _Request] = OrderedDict()
         self._lock = threading.Condition()
         self._backend: Backend | None = None
         self._load_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._busy = 0
+        """Workers decoding a batch now."""
 
     def submit(
         self,
         stream: Hashable,
-        audio: np.ndarray,
-        prompt: str = "",
+        job: Job,
         *,
-        lead: Lead | None = None,
         urgent: bool = False,
-    ) -> asyncio.Future[list[Word]]:
-        """Queue a decode for `stream`; a request it still has waiting is cancelled.
-
-        `prompt` and `lead` are passed to the backend's transcribe().
-        """
+    ) -> asyncio.Future[Transcript]:
+        """Queue a decode for `stream`; a request it still has waiting is cancelled."""
         loop = asyncio.get_running_loop()
-        request = _Request(audio, prompt, lead, urgent, loop, loop.create_future())
+        request = _Request(job, urgent, loop, loop.create_future())
         with self._lock:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
@@ -130,30 +130,45 @@ class Scheduler:
             if thread is not threading.current_thread():
                 thread.join()
 
-    def _next(self) -> _Request | None:
+    def _next(self) -> list[_Request]:
+        """The next batch: urgent requests first, then in turn; this worker's share."""
         with self._lock:
             while not self._queue and not self._closed:
                 self._lock.wait()
             if self._closed:
-                return None
-            stream = next((k for k, r in self._queue.items() if r.urgent), None)
-            if stream is None:
-                stream = next(iter(self._queue))
-            return self._queue.pop(stream)
+                return []
+            # share the queue with the other idle workers, rather than one taking it all
+            idle = self._workers - self._busy
+            size = min(self._max_batch, -(-len(self._queue) // max(idle, 1)))
+            self._busy += 1
+            urgent = [k for k, r in self._queue.items() if r.urgent]
+            streams = (urgent + [k for k, r in self._queue.items() if not r.urgent])[:size]
+            return [self._queue.pop(stream) for stream in streams]
 
     def _work(self) -> None:
-        while (request := self._next()) is not None:
-            outcome: list[Word] | Exception
+        while batch := self._next():
             try:
-                backend = self.warm()
-                outcome = backend.transcribe(request.audio, request.prompt, lead=request.lead)
-            except Exception as e:
-                logger.exception("whisper decode failed")
-                outcome = e
-            _settle(request, outcome)
+                outcomes: Sequence[Transcript | Exception] = self._decode(batch)
+            except Exception:
+                # one stream's bad request must not fail the others: decode them one by one
+                outcomes = [self._decode_alone(request) for request in batch]
+            with self._lock:
+                self._busy -= 1
+            for request, outcome in zip(batch, outcomes, strict=True):
+                _settle(request, outcome)
+
+    def _decode(self, batch: list[_Request]) -> list[Transcript]:
+        return self.warm().transcribe_batch([r.job for r in batch])
+
+    def _decode_alone(self, request: _Request) -> Transcript | Exception:
+        try:
+            return self._decode([request])[0]
+        except Exception as e:
+            logger.exception("whisper decode failed")
+            return e
 
 
-def _settle(request: _Request, outcome: list[Word] | Exception | None) -> None:
+def _settle(request: _Request, outcome: Transcript | Exception | None) -> None:
     """Give the request its words or error, or cancel it (None), on its own event loop."""
 
     def apply() -> None:

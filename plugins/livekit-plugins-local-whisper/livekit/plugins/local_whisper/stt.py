@@ -1,8 +1,8 @@
 """LiveKit STT over a local Whisper model.
 
-A stream's audio goes to Silero VAD, which scores it; the segmenter turns the scores into
-utterances; each utterance is decoded again every `interim_interval` seconds while it grows,
-and LocalAgreement turns those decodes into interim transcripts and, at the pause, a final.
+A stream's audio goes to Silero VAD, which scores it; a StreamProcessor (processor.py) turns
+the scores into utterances and decides which decodes they need; the shared scheduler batches
+the decodes of all streams onto the model. This module is the async glue between them.
 """
 
 from __future__ import annotations
@@ -12,20 +12,17 @@ import dataclasses
 import functools
 import os
 import threading
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import stt, utils
+from livekit.agents import stt
 from livekit.agents import vad as agents_vad
-from livekit.agents.language import LanguageCode
 from livekit.agents.types import (
     DEFAULT_API_CONNECT_OPTIONS,
     NOT_GIVEN,
     APIConnectOptions,
     NotGivenOr,
-    TimedString,
 )
 from livekit.agents.utils import AudioBuffer, aio, is_given
 
@@ -34,33 +31,23 @@ from .backend import (
     MAX_WINDOW,
     MODEL_ENV,
     SAMPLE_RATE,
-    Lead,
+    Job,
     ModelLoadError,
+    Transcript,
     WhisperBackend,
-    Word,
     check_compute_type,
-    check_language,
-    join_words,
+    check_device,
+    check_languages,
     resolve_model,
+    whisper_language,
 )
 from .log import logger
-from .policy import LocalAgreement
+from .processor import Decode, ProcessorOptions, StreamProcessor, speech_data
 from .scheduler import Scheduler, SchedulerFull
-from .segmenter import Segmenter
 
-_PREFIX_PADDING = int(0.3 * SAMPLE_RATE)
-"""Audio kept before the detected start of speech, so the first sound is not clipped."""
-_SUFFIX_PADDING = int(0.2 * SAMPLE_RATE)
-"""Audio kept after the detected end of speech, for the same reason at the other end."""
-_PAUSE_HINT = int(0.2 * SAMPLE_RATE)
-"""A pause this long starts the final decode, in case the pause lasts."""
-_VAD_MAX_WINDOW = int(0.1 * SAMPLE_RATE)
-"""Longer than any VAD's window (Silero's is 32 ms)."""
 _FLUSH_WAIT = 0.2
-_IDLE_HISTORY = 1.0
-"""Audio kept before what the VAD has scored, since it decides a little after the fact."""
-_LEAD_SECONDS = 4.0
-"""How much of the previous final leads each decode of the next utterance."""
+_BEHIND = 3.0
+"""Seconds of untranscribed speech after which a stream counts as behind real time."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +55,9 @@ class STTOptions:
     model: str = DEFAULT_MODEL
     """A faster-whisper model name (tiny.en, base.en, small, ...) or a CTranslate2 model path."""
     language: str = "en"
+    """A Whisper language code (en, fr, de, ...), or auto to detect it per utterance."""
+    device: str = "cpu"
+    """cpu, cuda, or auto (cuda when a GPU is visible)."""
     compute_type: str = "int8"
     cpu_threads: int = 0
     """Decoding threads, each decoding one stream at a time; 0 is one per core."""
@@ -98,6 +88,7 @@ class STT(stt.STT[None]):
         *,
         model: str | None = None,
         language: str = "en",
+        device: str = "cpu",
         compute_type: str = "int8",
         cpu_threads: int = 0,
         beam_size: int = 1,
@@ -107,11 +98,12 @@ class STT(stt.STT[None]):
         vad: agents_vad.VAD | None = None,
         scheduler: Scheduler | None = None,
     ) -> None:
-        """Captions from a Whisper model on this machine's CPU.
+        """Captions from a Whisper model on this machine's CPU or GPU.
 
         `model` defaults to $LOCAL_WHISPER_MODEL, then tiny.en. The model and the Silero VAD
-        are loaded once per process and shared by every STT and stream; pass `vad` or
-        `scheduler` to use others. Raises ModelLoadError when the model cannot be used.
+        are loaded once per process and shared by every STT and stream, whatever their
+        language; pass `vad` or `scheduler` to use others. Raises ModelLoadError when the
+        model cannot be used.
         """
         super().__init__(
             capabilities=stt.STTCapabilities(
@@ -124,7 +116,8 @@ class STT(stt.STT[None]):
         )
         self._opts = STTOptions(
             model=model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL,
-            language=language,
+            language=whisper_language(language),
+            device=device,
             compute_type=compute_type,
             cpu_threads=cpu_threads,
             beam_size=beam_size,
@@ -136,6 +129,8 @@ class STT(stt.STT[None]):
             scheduler = _shared_scheduler(self._opts)
         self._scheduler = scheduler
         self._vad = vad
+        self.streams_fell_behind = 0
+        """How many times one of its streams fell behind real time (see SpeechStream.lag)."""
 
     @property
     def model(self) -> str:
@@ -161,14 +156,16 @@ class STT(stt.STT[None]):
         language: NotGivenOr[str] = NOT_GIVEN,
         conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
     ) -> SpeechStream:
-        opts, scheduler = self._opts, self._scheduler
+        """A stream in `language` (default: the STT's), or `auto` to detect it; every
+        language shares the one model."""
+        opts = self._opts
         if is_given(language) and language != opts.language:
-            opts = dataclasses.replace(opts, language=language)
-            scheduler = _shared_scheduler(opts)
+            check_languages(opts.model, [language])
+            opts = dataclasses.replace(opts, language=whisper_language(language))
         if self._vad is None:
             self._vad = _shared_vad()
         return SpeechStream(
-            stt=self, opts=opts, scheduler=scheduler, vad=self._vad, conn_options=conn_options
+            stt=self, opts=opts, scheduler=self._scheduler, vad=self._vad, conn_options=conn_options
         )
 
     async def _recognize_impl(
@@ -187,14 +184,24 @@ class STT(stt.STT[None]):
                 f"recognize() takes at most {MAX_WINDOW:g} s of audio, got {frame.duration:.1f} s:"
                 " use stream() for longer audio"
             )
-        words = await self._scheduler.submit(object(), _to_float(frame), urgent=True)
+        code = self._opts.language
+        if is_given(language) and language != code:
+            check_languages(self._opts.model, [language])
+            code = whisper_language(language)
+        job = Job(_to_float(frame), language=code)
+        heard = await self._scheduler.submit(object(), job, urgent=True)
         return stt.SpeechEvent(
             type=stt.SpeechEventType.FINAL_TRANSCRIPT,
-            alternatives=[_speech_data(words, self._opts.language, offset=0.0)] if words else [],
+            alternatives=[speech_data(heard.words, heard.language, offset=0.0)]
+            if heard.words
+            else [],
         )
 
 
 class SpeechStream(stt.RecognizeStream):
+    """Thin async glue around a StreamProcessor: audio to it and to the VAD, its decodes to
+    the scheduler, its events out. Everything it decides is in the processor."""
+
     def __init__(
         self,
         *,
@@ -205,346 +212,138 @@ class SpeechStream(stt.RecognizeStream):
         conn_options: APIConnectOptions,
     ) -> None:
         super().__init__(stt=stt, conn_options=conn_options, sample_rate=SAMPLE_RATE)
+        self._owner = stt
         self._opts = opts
         self._scheduler = scheduler
         self._vad = vad
-        self._audio = _AudioLog()
-        self._open: _Segment | None = None
-        self._live: list[_Segment] = []
-        self._wakeup: tuple[int, asyncio.Future[None]] | None = None
-        self._scored = 0
-        """Audio up to this sample has been scored by the VAD; decodes look no further."""
-        self._lead: Lead | None = None
-        """The end of the last final, heard before each decode of the next utterance."""
+        self._processor = StreamProcessor(_processor_options(opts))
+        self._settled = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._timers: list[asyncio.TimerHandle] = []
+        self._behind = False
+
+    @property
+    def lag(self) -> float:
+        """Seconds of speech not yet transcribed: above a few, the stream is falling behind."""
+        return self._processor.lag
 
     async def _run(self) -> None:
-        self._audio = _AudioLog()
-        self._open, self._live = None, []
-        segments = aio.Chan[_Segment]()
+        self._processor = StreamProcessor(_processor_options(self._opts))
+        self._settled, self._failure = asyncio.Event(), None
         vad_stream = self._vad.stream()
-        segmenter = Segmenter(
-            sample_rate=SAMPLE_RATE, min_silence_duration=self._opts.min_silence_duration
-        )
-        settled_until = 0
-        """Audio before this sample was ended by a flush; the VAD's late opinions don't count."""
-        flushes: deque[int] = deque()
-        """Flushes not applied yet: they wait for the VAD to score the audio before them."""
-        self._scored = 0
-        loop = asyncio.get_running_loop()
-
-        def open_segment(start: int) -> None:
-            segment = _Segment(start=start, needed_from=start)
-            self._open = segment
-            self._live.append(segment)
-            segments.send_nowait(segment)
-
-        def close_segment(end: int) -> None:
-            if self._open is not None:
-                self._open.end = max(end, self._open.start)
-                self._open = None
-                self._wake(force=True)
-
-        def settle(until: int) -> None:
-            """Apply the flushes up to `until`: the open segment ends at the flush point."""
-            nonlocal settled_until
-            while flushes and flushes[0] <= until:
-                settled_until = flushes.popleft()
-                close_segment(settled_until)
-                segmenter.reset()
-
-        def settle_if_stalled(at: int) -> None:
-            # the VAD scores whole windows only, so the audio just before a flush may wait
-            # for more audio that never comes: don't let that hold up the final
-            if at not in flushes:
-                return
-            if at - self._scored <= _VAD_MAX_WINDOW:
-                settle(at)
-            else:
-                loop.call_later(_FLUSH_WAIT, settle_if_stalled, at)
-
-        async def forward_audio() -> None:
-            async for item in self._input_ch:
-                if isinstance(item, self._FlushSentinel):
-                    flushes.append(self._audio.end)
-                    loop.call_later(_FLUSH_WAIT, settle_if_stalled, self._audio.end)
-                    continue
-                self._audio.append(item)
-                vad_stream.push_frame(item)
-                # the VAD may lag: keep what it has yet to score, and a little before
-                history = self._scored - int(_IDLE_HISTORY * SAMPLE_RATE)
-                self._audio.forget_before(min([s.needed_from for s in self._live] + [history]))
-            vad_stream.end_input()
-
-        async def follow_vad() -> None:
-            async for event in vad_stream:
-                if event.type != agents_vad.VADEventType.INFERENCE_DONE:
-                    continue
-                window_start, window_end = self._scored, event.samples_index
-                self._scored = window_end
-                self._wake()
-                settle(window_end)
-                if window_end <= settled_until:
-                    continue
-                boundary = segmenter.push(event.probability, start=window_start, end=window_end)
-                if boundary is not None and boundary.kind == "start":
-                    start = boundary.sample - _PREFIX_PADDING
-                    open_segment(max(start, settled_until, self._audio.first))
-                elif boundary is not None:
-                    close_segment(boundary.sample + _SUFFIX_PADDING)
-                elif self._open is not None:
-                    pause = segmenter.pause_start
-                    if pause is not None and window_end - pause < _PAUSE_HINT:
-                        pause = None
-                    if pause != self._open.pause:
-                        self._open.pause = pause
-                        self._wake(force=True)
-            settle(self._audio.end)
-            segments.close()
-
-        async def transcribe() -> None:
-            async for segment in segments:
-                try:
-                    await self._transcribe(segment)
-                finally:
-                    self._live.remove(segment)
-
         tasks = [
-            asyncio.create_task(forward_audio(), name="local_whisper.forward_audio"),
-            asyncio.create_task(follow_vad(), name="local_whisper.follow_vad"),
-            asyncio.create_task(transcribe(), name="local_whisper.transcribe"),
+            asyncio.create_task(self._forward_audio(vad_stream), name="local_whisper.audio"),
+            asyncio.create_task(self._follow_vad(vad_stream), name="local_whisper.vad"),
         ]
+        settled = asyncio.create_task(self._settled.wait(), name="local_whisper.settled")
+        heard = asyncio.gather(*tasks)
         try:
-            await asyncio.gather(*tasks)
+            # until the input ends, or a failed decode ends the stream first
+            await asyncio.wait([heard, settled], return_when=asyncio.FIRST_COMPLETED)
+            if not settled.done():
+                await heard  # raises what failed in the audio or the VAD
+                self._processor.finish()
+                self._pump()
+                await settled
+            if self._failure is not None:
+                raise self._failure
         finally:
-            flushes.clear()  # stops settle_if_stalled
-            await aio.cancel_and_wait(*tasks)
+            self._settled.set()  # decodes that come back now are dropped
+            for timer in self._timers:
+                timer.cancel()
+            await aio.cancel_and_wait(*tasks, settled)
+            heard.cancel()
             await vad_stream.aclose()
             self._scheduler.discard(self)
 
-    async def _transcribe(self, segment: _Segment) -> None:
-        """Interims while the segment grows, finals at its end and whenever it runs too long."""
-        interval = int(self._opts.interim_interval * SAMPLE_RATE)
-        max_samples = int(self._opts.max_segment_duration * SAMPLE_RATE)
-        utterance = self._new_utterance(segment.start)
-        started = False
-        # the first interim comes `interim_interval` after speech starts, not after the padding
-        decoded_until = segment.start + _PREFIX_PADDING
-
-        def emit(kind: stt.SpeechEventType, words: list[Word]) -> None:
-            nonlocal started
-            if not started:
-                started = True
-                self._event_ch.send_nowait(stt.SpeechEvent(stt.SpeechEventType.START_OF_SPEECH))
-            offset = self.start_time_offset + utterance.start / SAMPLE_RATE
-            self._event_ch.send_nowait(
-                stt.SpeechEvent(
-                    type=kind,
-                    request_id=utterance.id,
-                    alternatives=[_speech_data(words, self._opts.language, offset=offset)],
-                )
-            )
-
-        def finalize(words: list[Word]) -> None:
-            if words:
-                emit(stt.SpeechEventType.FINAL_TRANSCRIPT, words)
-                self._lead = self._lead_after(utterance, words)
-
-        pause_seen: int | None = None
-        candidate: tuple[int, asyncio.Future[list[Word]], float] | None = None
-        """A decode up to where the speaker paused: the final, if the pause lasts."""
-
-        while True:
-            limit = utterance.start + max_samples
-            await self._wait_for(
-                segment, min(decoded_until + interval, limit), pause_seen=pause_seen
-            )
-            segment.needed_from = utterance.start
-            available = segment.end if segment.end is not None else self._scored
-
-            if available >= limit:
-                # no pause for max_segment_duration: finalize what was said and go on after it
-                request, window_start = self._decode(utterance, limit, whole=True)
-                final, cut = utterance.policy.cut(
-                    await request,
-                    window_start=window_start,
-                    window_end=(limit - utterance.start) / SAMPLE_RATE,
-                )
-                finalize(final)
-                next_start = utterance.start + max(int(cut * SAMPLE_RATE), SAMPLE_RATE)
-                utterance = self._new_utterance(next_start)
-                decoded_until = next_start
-                candidate = None
+    async def _forward_audio(self, vad_stream: agents_vad.VADStream) -> None:
+        async for item in self._input_ch:
+            if isinstance(item, self._FlushSentinel):
+                self._settle_later(self._processor.flush())
                 continue
+            self._processor.insert_audio(_to_float(item))
+            vad_stream.push_frame(item)
+        vad_stream.end_input()
 
-            if segment.end is not None:
-                if candidate is not None and candidate[0] == segment.end:
-                    _, request, window_start = candidate
-                else:
-                    request, window_start = self._decode(utterance, segment.end, whole=True)
-                finalize(utterance.policy.finish(await request, window_start=window_start))
-                if started:
-                    self._event_ch.send_nowait(stt.SpeechEvent(stt.SpeechEventType.END_OF_SPEECH))
-                return
+    async def _follow_vad(self, vad_stream: agents_vad.VADStream) -> None:
+        async for event in vad_stream:
+            if event.type == agents_vad.VADEventType.INFERENCE_DONE:
+                self._processor.insert_vad(event.probability, event.samples_index)
+                self._pump()
 
+    def _settle_later(self, at: int) -> None:
+        # the VAD scores whole windows only, so the audio just before a flush may wait for
+        # more audio that never comes: don't let that hold up the final
+        def check() -> None:
+            if self._processor.settle_stalled(at):
+                self._settle_later(at)
+            self._pump()
+
+        loop = asyncio.get_running_loop()
+        self._timers = [t for t in self._timers if t.when() > loop.time()]
+        self._timers.append(loop.call_later(_FLUSH_WAIT, check))
+
+    def _pump(self) -> None:
+        """Ask for the decodes the processor needs and send the events it has."""
+        processor = self._processor
+        processor.time_offset = self.start_time_offset
+        while (decode := processor.process()) is not None:
             try:
-                if segment.pause is not None and segment.pause != pause_seen:
-                    # the speaker may be done: start on the final now, not when the pause ends
-                    pause_seen = segment.pause
-                    until = segment.pause + _SUFFIX_PADDING
-                    request, window_start = self._decode(utterance, until, whole=True)
-                    candidate = (until, request, window_start)
-                else:
-                    until = self._scored
-                    request, window_start = self._decode(utterance, until, whole=False)
+                future = self._scheduler.submit(self, decode.job, urgent=decode.urgent)
             except SchedulerFull:
                 logger.warning("whisper is overloaded: skipping an interim transcript")
-                decoded_until = self._scored
+                processor.skip(decode)
                 continue
-            await self._wait_for(segment, limit, request=request, pause_seen=pause_seen)
-            if not request.done() or request.cancelled():
-                # the segment ended, ran too long or paused meanwhile: a newer decode follows
-                continue
-            before = utterance.policy.text
-            confirmed_before = len(utterance.policy.confirmed)
-            utterance.policy.update(request.result(), window_start=window_start)
-            decoded_until = until
-            if len(utterance.policy.confirmed) > confirmed_before:
-                # the words two decodes agreed on: readers that cannot take back text show them
-                emit(stt.SpeechEventType.PREFLIGHT_TRANSCRIPT, list(utterance.policy.confirmed))
-            if utterance.policy.text and utterance.policy.text != before:
-                words = list(utterance.policy.confirmed + utterance.policy.tentative)
-                emit(stt.SpeechEventType.INTERIM_TRANSCRIPT, words)
+            asked = asyncio.get_running_loop().time()
+            future.add_done_callback(functools.partial(self._decoded, decode, asked))
+        for event in processor.take_events():
+            self._event_ch.send_nowait(event)
+        self._watch_lag()
+        if processor.done:
+            self._settled.set()
 
-    def _new_utterance(self, start: int) -> _Utterance:
-        return _Utterance(start, LocalAgreement(prompt=self._lead.text if self._lead else ""))
+    def _decoded(self, decode: Decode, asked: float, future: asyncio.Future[Transcript]) -> None:
+        if self._settled.is_set():
+            return  # the stream ended meanwhile
+        try:
+            if future.cancelled():
+                self._processor.skip(decode)
+            elif (error := future.exception()) is not None:
+                raise error
+            else:
+                if decode.kind == "interim":
+                    self._processor.observe_latency(asyncio.get_running_loop().time() - asked)
+                self._processor.take(decode, future.result())
+            self._pump()
+        except Exception as e:
+            # a callback's exception would only be logged: end the stream with it instead
+            self._failure = e
+            self._settled.set()
 
-    def _decode(
-        self, utterance: _Utterance, until: int, *, whole: bool
-    ) -> tuple[asyncio.Future[list[Word]], float]:
-        """Ask for a decode up to `until`: of the whole utterance (a final) or of its window.
-
-        Returns the request and where its words' times start, in seconds of the utterance.
-        Decodes from the start of the utterance hear the end of the previous final first.
-        """
-        policy = utterance.policy
-        if whole or policy.window_start == 0.0:
-            audio = self._audio.slice(utterance.start, until)
-            return self._scheduler.submit(self, audio, lead=self._lead, urgent=whole), 0.0
-        audio = self._audio.slice(utterance.window_start, until)
-        return self._scheduler.submit(self, audio, policy.prompt()), policy.window_start
-
-    def _lead_after(self, utterance: _Utterance, final: list[Word]) -> Lead:
-        """The last few seconds of a final, to lead the next utterance's decodes."""
-        tail = [w for w in final if w.start >= final[-1].end - _LEAD_SECONDS] or final[-1:]
-        start = utterance.start + int(max(tail[0].start - 0.1, 0.0) * SAMPLE_RATE)
-        end = utterance.start + int((tail[-1].end + 0.1) * SAMPLE_RATE)
-        return Lead(self._audio.slice(start, end), join_words(tail))
-
-    async def _wait_for(
-        self,
-        segment: _Segment,
-        sample: int,
-        *,
-        request: asyncio.Future[list[Word]] | None = None,
-        pause_seen: int | None = None,
-    ) -> None:
-        """Until the segment ends, its audio reaches `sample`, `request` is done, or the
-        speaker makes a pause other than `pause_seen`."""
-
-        def ready() -> bool:
-            return (
-                segment.end is not None
-                or self._scored >= sample
-                or (request is not None and request.done())
-                or segment.pause not in (None, pause_seen)
+    def _watch_lag(self) -> None:
+        """Say so when the stream falls behind real time, and when it has caught up."""
+        lag, limit = self._processor.lag, max(_BEHIND, 4 * self._processor.interval)
+        if lag > limit and not self._behind:
+            self._behind = True
+            self._owner.streams_fell_behind += 1
+            logger.warning(
+                "whisper is falling behind real time on a stream: %.1f s of speech waiting "
+                "(%d decodes queued); captions come late",
+                lag,
+                self._scheduler.waiting(),
             )
-
-        while not ready():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            wake = functools.partial(_release, waiter)
-            self._wakeup = (sample, waiter)
-            if request is not None:
-                request.add_done_callback(wake)
-            try:
-                await waiter
-            finally:
-                self._wakeup = None
-                if request is not None:
-                    request.remove_done_callback(wake)
-
-    def _wake(self, *, force: bool = False) -> None:
-        if self._wakeup is None:
-            return
-        sample, waiter = self._wakeup
-        if force or self._scored >= sample:
-            _release(waiter)
+        elif self._behind and lag < limit / 2:
+            self._behind = False
+            logger.info("whisper caught up with a stream")
 
 
-def _release(waiter: asyncio.Future[None], *_: object) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-@dataclass(eq=False)
-class _Segment:
-    """A stretch of speech between pauses, in samples since the stream started."""
-
-    start: int
-    needed_from: int
-    """Audio before this sample is no longer needed for the segment."""
-    end: int | None = None
-    """Set when the speaker pauses or the stream is flushed."""
-    pause: int | None = None
-    """Where the speaker paused, once the pause lasted `_PAUSE_HINT`; None while speaking."""
-
-
-class _Utterance:
-    """The part of a segment that will become one final transcript."""
-
-    def __init__(self, start: int, policy: LocalAgreement) -> None:
-        self.start = start
-        self.policy = policy
-        self.id = utils.shortuuid("LW_")
-
-    @property
-    def window_start(self) -> int:
-        return self.start + int(self.policy.window_start * SAMPLE_RATE)
-
-
-class _AudioLog:
-    """The stream's 16 kHz audio as float32, addressed by sample index since the stream began."""
-
-    def __init__(self) -> None:
-        self._data = np.zeros(SAMPLE_RATE * 20, dtype=np.float32)
-        self._size = 0
-        self.first = 0
-        """Index of the oldest sample still kept."""
-
-    @property
-    def end(self) -> int:
-        return self.first + self._size
-
-    def append(self, frame: rtc.AudioFrame) -> None:
-        samples = _to_float(frame)
-        if self._size + len(samples) > len(self._data):
-            grown = np.zeros(max(2 * len(self._data), self._size + len(samples)), np.float32)
-            grown[: self._size] = self._data[: self._size]
-            self._data = grown
-        self._data[self._size : self._size + len(samples)] = samples
-        self._size += len(samples)
-
-    def slice(self, start: int, end: int) -> np.ndarray:
-        start = max(start, self.first)
-        return self._data[start - self.first : max(end, start) - self.first].copy()
-
-    def forget_before(self, index: int) -> None:
-        drop = min(index, self.end) - self.first
-        # moving memory for every frame would cost more than keeping a few seconds extra
-        if drop < SAMPLE_RATE * 5:
-            return
-        self._data[: self._size - drop] = self._data[drop : self._size]
-        self._size -= drop
-        self.first += drop
+def _processor_options(opts: STTOptions) -> ProcessorOptions:
+    return ProcessorOptions(
+        language=opts.language,
+        interim_interval=opts.interim_interval,
+        max_segment_duration=opts.max_segment_duration,
+        min_silence_duration=opts.min_silence_duration,
+    )
 
 
 def _to_float(frame: rtc.AudioFrame) -> np.ndarray:
@@ -554,48 +353,31 @@ def _to_float(frame: rtc.AudioFrame) -> np.ndarray:
     return samples
 
 
-def _speech_data(words: list[Word], language: str, *, offset: float) -> stt.SpeechData:
-    return stt.SpeechData(
-        language=LanguageCode(language),
-        text=join_words(words),
-        start_time=offset + words[0].start,
-        end_time=offset + words[-1].end,
-        confidence=float(np.mean([w.probability for w in words])),
-        words=[
-            TimedString(
-                w.text.strip(),
-                start_time=offset + w.start,
-                end_time=offset + w.end,
-                confidence=w.probability,
-                start_time_offset=offset,
-            )
-            for w in words
-        ],
-    )
-
-
 _shared_lock = threading.Lock()
 _schedulers: dict[tuple[str, str, str, int, int], Scheduler] = {}
+"""One per model and way of running it, not per language: a model decodes them all."""
 _vad: agents_vad.VAD | None = None
 
 
 def _shared_scheduler(opts: STTOptions) -> Scheduler:
     """The process's scheduler for this model; checks the settings before anything loads."""
-    check_compute_type(opts.compute_type)
-    check_language(opts.model, opts.language)
+    device = check_device(opts.device)
+    check_compute_type(opts.compute_type, device)
+    check_languages(opts.model, [opts.language])
     path = resolve_model(opts.model)
-    key = (path, opts.language, opts.compute_type, opts.cpu_threads, opts.beam_size)
+    key = (path, device, opts.compute_type, opts.cpu_threads, opts.beam_size)
     with _shared_lock:
         if key not in _schedulers:
             _schedulers[key] = Scheduler(
                 lambda: WhisperBackend(
                     opts.model,
+                    device=device,
                     compute_type=opts.compute_type,
                     cpu_threads=opts.cpu_threads,
-                    language=opts.language,
                     beam_size=opts.beam_size,
                 ),
-                workers=opts.cpu_threads or os.cpu_count() or 1,
+                # a GPU runs one batch at a time; a CPU one batch per core, a thread each
+                workers=1 if device == "cuda" else opts.cpu_threads or os.cpu_count() or 1,
             )
         return _schedulers[key]
 
@@ -610,4 +392,4 @@ def _shared_vad() -> agents_vad.VAD:
         return _vad
 
 
-__all__ = ["STT", "SpeechStream", "STTOptions", "ModelLoadError"]
+__all__ = ["STT", "SpeechStream", "STTOptions", "ModelLoadError", "Transcript"]
