@@ -195,9 +195,7 @@ class CaptionStream:
         captions are checked on entry and again right before each sink takes them."""
         self._opts = options or StreamOptions()
         self._may_publish = may_publish
-        self._runners = [
-            _SinkRunner(s, self._opts, log_extra or {}, may_publish) for s in sinks
-        ]
+        self._runners = [_SinkRunner(s, self._opts, log_extra or {}, may_publish) for s in sinks]
         self._closed = False
         self._watch = asyncio.create_task(self._watch_sinks(), name="caption-sinks-watch")
 

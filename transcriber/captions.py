@@ -181,7 +181,9 @@ class SegmentTracker:
         timed = [w for w in data.words or () if str(w).strip()]
         times = [(w.start_time, w.end_time) for w in timed]
         if not timed or not all(is_given(a) and is_given(b) for a, b in times):
-            return _spread(data.text, self.wall_time(data.start_time), self.wall_time(data.end_time))
+            return _spread(
+                data.text, self.wall_time(data.start_time), self.wall_time(data.end_time)
+            )
         return tuple(
             CaptionWord(str(w).strip(), self.wall_time(float(a)), self.wall_time(float(b)))  # type: ignore[arg-type]
             for w, (a, b) in zip(timed, times, strict=True)

@@ -22,9 +22,7 @@ WAITING_TRACKS = Gauge(
     "Audio tracks left unsubscribed by a cap, captioned once it allows",
     multiprocess_mode="livesum",
 )
-CAPTIONS_PUBLISHED = Counter(
-    "transcriber_captions_published_total", "Captions published", ["kind"]
-)
+CAPTIONS_PUBLISHED = Counter("transcriber_captions_published_total", "Captions published", ["kind"])
 AUDIO_RECEIVED = Counter(
     "transcriber_audio_received_seconds_total", "Seconds of track audio received"
 )
@@ -65,6 +63,8 @@ async def watch_event_loop_lag(interval: float = 0.5) -> None:
         start = loop.time()
         await asyncio.sleep(interval)
         EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
+
+
 CAPTIONS_DROPPED = Counter(
     "transcriber_captions_dropped_total",
     "Captions a caption output lost because it fell too far behind (a broken output)",
@@ -101,7 +101,6 @@ TRANSLATIONS_SKIPPED = Counter(
     "Finals or interims not translated: the translator failed, or a lane fell too far behind",
     ["reason"],
 )
-
 
 
 def forget_process(pid: int) -> None:

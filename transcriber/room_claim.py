@@ -25,8 +25,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any
 from collections.abc import Callable
+from typing import Any
 
 from livekit import api, rtc
 from livekit.agents import JobRequest

@@ -33,7 +33,6 @@ JOIN_ALLOWANCE = 15.0
 """Seconds the lease given at job accept adds for joining, before the job renews it."""
 
 
-
 def now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -61,9 +61,7 @@ class RoomManager:
     ) -> None:
         """`worker_tracks` counts the tracks captioned by every room of this worker."""
         self._room = room
-        self.captions = CaptionStream(
-            sinks, log_extra={"room": room.name}, may_publish=may_publish
-        )
+        self.captions = CaptionStream(sinks, log_extra={"room": room.name}, may_publish=may_publish)
         self._stt = stt
         self._vad = vad
         self._worker_tracks = worker_tracks
@@ -202,8 +200,14 @@ class RoomManager:
         if publication.sid in self._waiting:
             return
         scope, limit = cap
-        extra = {"room": self._room.name, "participant": participant.identity, "track": publication.sid}
-        logger.warning("%s limit reached (%s), not captioning this track for now", scope, limit, extra=extra)
+        extra = {
+            "room": self._room.name,
+            "participant": participant.identity,
+            "track": publication.sid,
+        }
+        logger.warning(
+            "%s limit reached (%s), not captioning this track for now", scope, limit, extra=extra
+        )
         metrics.LIMIT_REACHED.labels(cap=scope).inc()
         self._waiting[publication.sid] = (publication, participant)
         metrics.WAITING_TRACKS.set(len(self._waiting))
@@ -321,9 +325,7 @@ class RoomManager:
     def _spoken_language(self, identity: str) -> str:
         return self._opts.languages.spoken_language(self._readers.get(identity))
 
-    def _on_attributes_changed(
-        self, changed: dict[str, str], participant: rtc.Participant
-    ) -> None:
+    def _on_attributes_changed(self, changed: dict[str, str], participant: rtc.Participant) -> None:
         if LANGUAGE_ATTRIBUTE in changed and isinstance(participant, rtc.RemoteParticipant):
             self._update_language(participant)
             self._check_targets()
@@ -412,7 +414,5 @@ class RoomManager:
 
     async def _leave_when_still_empty(self) -> None:
         await asyncio.sleep(self._opts.empty_room_timeout)
-        logger.info(
-            "no participant for %.0f s, leaving the room", self._opts.empty_room_timeout
-        )
+        logger.info("no participant for %.0f s, leaving the room", self._opts.empty_room_timeout)
         self._on_empty()

@@ -225,7 +225,9 @@ class Settings:
             speechmatics_api_key=reader.text("SPEECHMATICS_API_KEY"),
             local_whisper_model=reader.text("LOCAL_WHISPER_MODEL", cls.local_whisper_model),
             local_whisper_device=reader.choice(
-                "LOCAL_WHISPER_DEVICE", default=cls.local_whisper_device, choices=LOCAL_WHISPER_DEVICES
+                "LOCAL_WHISPER_DEVICE",
+                default=cls.local_whisper_device,
+                choices=LOCAL_WHISPER_DEVICES,
             ),
             local_whisper_compute_type=reader.choice(
                 "LOCAL_WHISPER_COMPUTE_TYPE",
@@ -243,9 +245,7 @@ class Settings:
             vad_gating=reader.flag("TRANSCRIBER_VAD_GATING", default=cls.vad_gating),
             gate_preroll=reader.seconds("TRANSCRIBER_GATE_PREROLL", default=cls.gate_preroll),
             gate_hangover=reader.seconds("TRANSCRIBER_GATE_HANGOVER", default=cls.gate_hangover),
-            stt_idle_close=reader.seconds(
-                "TRANSCRIBER_STT_IDLE_CLOSE", default=cls.stt_idle_close
-            ),
+            stt_idle_close=reader.seconds("TRANSCRIBER_STT_IDLE_CLOSE", default=cls.stt_idle_close),
             text_streams=reader.flag("TRANSCRIBER_TEXT_STREAMS", default=cls.text_streams),
             legacy_transcriptions=reader.flag(
                 "TRANSCRIBER_LEGACY_TRANSCRIPTIONS", default=cls.legacy_transcriptions
@@ -340,8 +340,7 @@ def _check(settings: Settings) -> None:
         )
     if settings.redis_url and not re.fullmatch(r"(rediss?|unix)://\S+", settings.redis_url):
         raise SettingsError(
-            "TRANSCRIBER_REDIS_URL is not a Redis URL: use redis://host:6379/0 "
-            "(rediss:// for TLS)"
+            "TRANSCRIBER_REDIS_URL is not a Redis URL: use redis://host:6379/0 (rediss:// for TLS)"
         )
     if language not in settings.languages:
         raise SettingsError(
@@ -349,7 +348,9 @@ def _check(settings: Settings) -> None:
             f"TRANSCRIBER_LANGUAGE={language}: add it (it is the fallback for everyone)"
         )
     if MULTI in settings.languages and set(providers) & {"local", "speechmatics"}:
-        where = "TRANSCRIBER_LANGUAGE=multi" if language == MULTI else "TRANSCRIBER_LANGUAGES' multi"
+        where = (
+            "TRANSCRIBER_LANGUAGE=multi" if language == MULTI else "TRANSCRIBER_LANGUAGES' multi"
+        )
         raise SettingsError(
             f"{where} is only understood by deepgram: "
             "use a language code such as en, or TRANSCRIBER_STT_PROVIDER=deepgram"

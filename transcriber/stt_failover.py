@@ -10,16 +10,15 @@ passed; and with every provider down it keeps trying with backoff while bufferin
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncio
 import collections
 import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from livekit import rtc
@@ -90,7 +89,7 @@ ends the turn of every stream of its STT, and its STT keeps every stream it made
 class FailoverSTT(stt.STT[Any]):
     def __init__(
         self,
-        providers: dict[str, ProviderFactory],
+        providers: Mapping[str, ProviderFactory],
         options: FailoverOptions,
         *,
         finalizing: Collection[str] = (),

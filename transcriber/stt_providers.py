@@ -7,6 +7,7 @@ import importlib
 import os
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from livekit.agents import stt
 from livekit.agents.types import NOT_GIVEN
@@ -187,7 +188,7 @@ def build_stt(settings: Settings, *, vad: VAD) -> FailoverSTT:
     )
 
 
-def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT:
+def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT[Any]:
     if name == "local":
         from livekit.plugins import local_whisper
 
@@ -222,13 +223,13 @@ def _build_one(name: str, settings: Settings, vad: VAD) -> stt.STT:
             model=sm.model or NOT_GIVEN,
             language=settings.language,
             include_partials=sm.partials,
-            additional_vocab=[{"content": w} for w in sm.vocabulary] or NOT_GIVEN,
+            additional_vocab=[{"content": w} for w in sm.vocabulary] or NOT_GIVEN,  # type: ignore[misc]
             vad=vad,
         )
     return _load_factory(name)(settings)
 
 
-def _load_factory(path: str) -> Callable[[Settings], stt.STT]:
+def _load_factory(path: str) -> Callable[[Settings], stt.STT[Any]]:
     module_name, _, attr = path.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -239,4 +240,4 @@ def _load_factory(path: str) -> Callable[[Settings], stt.STT]:
         ) from None
     if not callable(factory):
         raise SettingsError(f"TRANSCRIBER_STT_PROVIDER={path!r} is not callable: name a factory")
-    return factory
+    return factory  # type: ignore[no-any-return]

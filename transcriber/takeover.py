@@ -133,7 +133,9 @@ class Takeover:
             return
         room, identity = job.job.room.name, job.accept_arguments.identity
         logger.warning(
-            "job process died (exit code %s)", proc.exitcode, extra={"room": room, "job_id": job.job.id}
+            "job process died (exit code %s)",
+            proc.exitcode,
+            extra={"room": room, "job_id": job.job.id},
         )
         self._spawn(self._rescue(room, frozenset({identity})), f"rescue-{room}")
 
@@ -168,7 +170,9 @@ class Takeover:
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.5)
             participants = await _participants(lkapi, room)
-            if any(is_transcriber(p, self._agent_name) and not lease_lapsed(p) for p in participants):
+            if any(
+                is_transcriber(p, self._agent_name) and not lease_lapsed(p) for p in participants
+            ):
                 return True
         return False
 

@@ -24,7 +24,7 @@ from livekit.agents.vad import VAD
 from . import metrics
 from .captions import Caption, SegmentTracker, Speaker
 from .speech_gate import GateAudio, GateBurstEnd, GateIdle, GateOptions, SpeechGate
-from .stt_failover import FailoverSTT, FailoverStream, ProviderUsage
+from .stt_failover import FailoverStream, FailoverSTT, ProviderUsage
 
 logger = logging.getLogger(__name__)
 
@@ -210,9 +210,7 @@ class TrackPipeline:
         self._stream_clock.record(self._stream_clock.end + frame.duration, arrived)
 
     def _open_stream(self) -> None:
-        stream = self._stt.stream(
-            language=self._language or NOT_GIVEN, log_extra=self._log_extra
-        )
+        stream = self._stt.stream(language=self._language or NOT_GIVEN, log_extra=self._log_extra)
         self._stream = stream
         self._stream_clock = _ArrivalClock()
         task = asyncio.create_task(self._consume(stream, self._stream_clock), name="track-stt")
@@ -300,4 +298,3 @@ class _ArrivalClock:
             return None
         i = bisect.bisect_left(self._ends, position - 1e-6)
         return self._times[min(i, len(self._times) - 1)]
-

@@ -46,7 +46,9 @@ class TranscriptJournal:
         self.path = path
 
     @classmethod
-    def create(cls, directory: Path, *, room: str, room_sid: str, started_at: float) -> TranscriptJournal:
+    def create(
+        cls, directory: Path, *, room: str, room_sid: str, started_at: float
+    ) -> TranscriptJournal:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         stem = Transcript(room=room, room_sid=room_sid, started_at=started_at, ended_at=0).file_stem
         path = directory / f"{stem}-{uuid.uuid4().hex[:8]}{JOURNAL_SUFFIX}"
@@ -55,7 +57,9 @@ class TranscriptJournal:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         journal = cls(os.fdopen(fd, "w", encoding="utf-8"), path)
-        journal._write({"type": "start", "room": room, "room_sid": room_sid, "started_at": started_at})
+        journal._write(
+            {"type": "start", "room": room, "room_sid": room_sid, "started_at": started_at}
+        )
         os.rename(partial, path)
         return journal
 
@@ -174,7 +178,10 @@ class TranscriptSink(CaptionSink):
     def _append(self, segment: TranscriptSegment, translation: bool) -> None:
         if self._journal is None:
             self._journal = TranscriptJournal.create(
-                self._directory, room=self._room, room_sid=self._room_sid, started_at=self._started_at
+                self._directory,
+                room=self._room,
+                room_sid=self._room_sid,
+                started_at=self._started_at,
             )
         if translation:
             self._journal.append_translation(segment)

@@ -280,15 +280,15 @@ async def caption_sinks(
     transcript: TranscriptSink | None = None
     if settings.transcript_enabled:
         transcript = TranscriptSink(
-                settings.journal_path,
-                room=room.name,
-                room_sid=await room.sid,
-                started_at=started_at,
-                limits=TranscriptLimits(
-                    max_finals=settings.transcript_max_finals,
-                    max_bytes=settings.transcript_max_bytes,
-                ),
-            )
+            settings.journal_path,
+            room=room.name,
+            room_sid=await room.sid,
+            started_at=started_at,
+            limits=TranscriptLimits(
+                max_finals=settings.transcript_max_finals,
+                max_bytes=settings.transcript_max_bytes,
+            ),
+        )
         sinks.append(transcript)
     if (translator := build_translator(settings.translation)) is not None:
         sinks.append(

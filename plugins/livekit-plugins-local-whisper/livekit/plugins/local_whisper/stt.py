@@ -13,6 +13,7 @@ import functools
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from livekit import rtc
@@ -237,9 +238,10 @@ class SpeechStream(stt.RecognizeStream):
         ]
         settled = asyncio.create_task(self._settled.wait(), name="local_whisper.settled")
         heard = asyncio.gather(*tasks)
+        either: list[asyncio.Future[Any]] = [heard, settled]
         try:
             # until the input ends, or a failed decode ends the stream first
-            await asyncio.wait([heard, settled], return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not settled.done():
                 await heard  # raises what failed in the audio or the VAD
                 self._processor.finish()
