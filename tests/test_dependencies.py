@@ -19,7 +19,7 @@ from .livekit_server import ROOT
 
 PLUGINS = sorted((ROOT / "plugins").glob("*/pyproject.toml"))
 """The in-repo plugins: installed from the repository (scripts/setup, the Dockerfile)."""
-OURS = {"transcriber", "tests", "benchmarks", "scripts"}
+OURS = {"transcriber", "tests", "benchmarks", "scripts", "web"}
 
 
 def _name(requirement: str) -> str:
