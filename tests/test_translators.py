@@ -234,7 +234,7 @@ async def test_requests_characters_errors_and_latency_are_counted_per_provider()
 async def test_a_failing_translator_logs_once_when_it_fails_and_once_when_it_recovers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="transcriber.translation")
+    caplog.set_level(logging.INFO, logger="transcriber.translators")
     async with fake("libretranslate") as server:
         translator = client("libretranslate", server)
         server.fail_status = 503
@@ -245,7 +245,7 @@ async def test_a_failing_translator_logs_once_when_it_fails_and_once_when_it_rec
         for _ in range(2):
             await translator.translate("alpha", source="en", target="fr")
         await translator.aclose()
-    records = [r for r in caplog.records if r.name == "transcriber.translation"]
+    records = [r for r in caplog.records if r.name == "transcriber.translators"]
     assert [r.levelno for r in records] == [logging.WARNING, logging.INFO]
     assert "libretranslate" in records[0].getMessage() and KEY not in records[0].getMessage()
 
