@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from .conftest import WorkerProcess, worker_env
@@ -71,7 +72,7 @@ async def test_flags_win_over_the_environment_in_every_process(
         livekit_server,
         LIVEKIT_URL="ws://127.0.0.1:9",
         LIVEKIT_API_KEY="not-the-key",
-        LIVEKIT_API_SECRET="not-the-secret-not-the-secret-not-the-secret",
+        LIVEKIT_API_SECRET=f"not-the-secret-{uuid.uuid4().hex}",
         TRANSCRIBER_AGENT_NAME=agent_name,
     )
     flags = ["--url", livekit_server.url, "--api-key", livekit_server.api_key]
