@@ -8,20 +8,7 @@ import time
 from transcriber.captions import Caption
 from transcriber.translation import TranslationLane, TranslationOptions, translated_segment_id
 
-
-def caption(segment: str, text: str, *, final: bool) -> Caption:
-    now = time.time()
-    return Caption(
-        segment_id=segment,
-        speaker_identity="alice",
-        speaker_name="Alice",
-        track_sid="TR_1",
-        language="en",
-        final=final,
-        start=now,
-        end=now,
-        text=text,
-    )
+from .test_caption_stream import caption
 
 
 class Recorder:
