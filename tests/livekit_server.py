@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import socket
 import subprocess
@@ -19,10 +20,21 @@ API_SECRET = secrets.token_hex(24)
 """Made per run, so no secret lives in the repository; the log scan looks for this one."""
 
 
+_LISTEN_PORTS = range(20000, 32768)
+"""Below Linux's ephemeral range (32768-60999): a port the kernel hands to some outgoing
+connection between our check and the server's bind would make the bind fail."""
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on, bound to nowhere yet (callers pass it to a server)."""
+    for port in random.sample(_LISTEN_PORTS, 200):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_LISTEN_PORTS}")
 
 
 def server_binary() -> str:

@@ -138,6 +138,7 @@ class CaptionListener:
     room: rtc.Room = field(default_factory=rtc.Room)
     captions: list[Caption] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _last_read: asyncio.Task[None] | None = None
 
     async def join(self) -> CaptionListener:
         self.room.register_text_stream_handler(TOPIC_TRANSCRIPTION, self._on_text_stream)
@@ -150,12 +151,23 @@ class CaptionListener:
         return self
 
     def _on_text_stream(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
-        task = asyncio.create_task(self._read(reader, participant_identity))
+        task = asyncio.create_task(self._read(reader, participant_identity, self._last_read))
+        self._last_read = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _read(self, reader: rtc.TextStreamReader, participant_identity: str) -> None:
+    async def _read(
+        self,
+        reader: rtc.TextStreamReader,
+        participant_identity: str,
+        opened_before: asyncio.Task[None] | None,
+    ) -> None:
+        """Captions are kept in the order their streams opened (the order they were sent):
+        two short streams sent back to back may finish reading in either order."""
         text = await reader.read_all()
+        received_at = time.monotonic()
+        if opened_before is not None:
+            await asyncio.wait([opened_before])
         attributes = reader.info.attributes
         self.captions.append(
             Caption(
@@ -165,7 +177,7 @@ class CaptionListener:
                 segment_id=attributes.get(ATTRIBUTE_TRANSCRIPTION_SEGMENT_ID, ""),
                 text=text,
                 final=attributes.get(ATTRIBUTE_TRANSCRIPTION_FINAL) == "true",
-                received_at=time.monotonic(),
+                received_at=received_at,
                 language=attributes.get("language", ""),
                 attributes=dict(attributes),
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -13,16 +12,10 @@ from pathlib import Path
 
 from transcriber.worker import OutageLogFilter
 
-from .livekit_server import LiveKitServer
+from .livekit_server import LiveKitServer, free_port
 from .participants import CaptionListener, Speaker
 from .test_worker_e2e import dispatch, speak, wait_transcriber
 from .tone_stt import script_words, utterance_audio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, float]:
