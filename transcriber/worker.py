@@ -35,6 +35,7 @@ from .speech_gate import GateOptions
 from .status_server import StatusServer
 from .stt_providers import SAMPLE_RATE, build_stt, load_vad, traits
 from .takeover import Takeover, remove_ghosts
+from .track_admission import TrackCaps
 from .track_pipeline import PipelineOptions
 from .transcript_delivery import DeliveryOptions, TranscriptOutbox
 from .transcript_journal import TranscriptLimits, TranscriptSink
@@ -322,8 +323,7 @@ def room_options(settings: Settings) -> RoomOptions:
         ),
         transcribe_agents=settings.transcribe_agents,
         empty_room_timeout=settings.empty_room_timeout,
-        max_tracks_per_room=settings.max_tracks_per_room,
-        max_tracks_per_worker=settings.max_tracks,
+        caps=TrackCaps(per_room=settings.max_tracks_per_room, per_worker=settings.max_tracks),
         languages=language_policy(settings),
     )
 
