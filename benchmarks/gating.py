@@ -82,11 +82,10 @@ from typing import Any
 import numpy as np
 import psutil
 from livekit import api, rtc
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.process_tree import cpu_between, tree_cpu
 from tests.conftest import WorkerProcess, worker_env
-from tests.livekit_server import ROOT, LiveKitServer, free_port
+from tests.livekit_server import ROOT, LiveKitServer
 from tests.participants import CaptionListener
 from tests.speech_clips import all_clips, noise, normalize_words
 
@@ -289,26 +288,6 @@ async def _http_get(url: str, timeout: float = 10.0) -> str:
             return body.decode()
 
     return await asyncio.to_thread(get)
-
-
-async def scrape(port: int) -> dict[str, float]:
-    text = await _http_get(f"http://127.0.0.1:{port}/metrics")
-    out = {"sent": 0.0, "active_tracks": 0.0}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "transcriber_stt_audio_sent_seconds_total":
-                out["sent"] += s.value
-            elif s.name == "transcriber_active_tracks":
-                out["active_tracks"] += s.value
-    return out
-
-
-async def scrape_soon(port: int) -> dict[str, float]:
-    """`scrape`, counting an error (a job process starting up) as nothing active yet."""
-    try:
-        return await scrape(port)
-    except OSError:  # urllib's HTTPError and URLError included
-        return {"sent": 0.0, "active_tracks": 0.0}
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -641,6 +620,159 @@ WARNINGS = {
 }
 
 
+SENT = "transcriber_stt_audio_sent_seconds_total"
+
+
+async def start_worker(
+    server: LiveKitServer,
+    fake: FakeDeepgramProcess,
+    *,
+    agent_name: str,
+    gating: bool,
+    workdir: Path,
+) -> WorkerProcess:
+    """The transcriber on the fake Deepgram, as the tests run it."""
+    metrics_dir = workdir / "prometheus"
+    metrics_dir.mkdir()
+    env = worker_env(
+        server,
+        TRANSCRIBER_AGENT_NAME=agent_name,
+        TRANSCRIBER_STT_PROVIDER="deepgram",
+        DEEPGRAM_API_KEY=DG_KEY,
+        DEEPGRAM_URL=fake.url,
+        TRANSCRIBER_VAD_GATING="true" if gating else "false",
+        TRANSCRIBER_DRAIN_TIMEOUT="10",
+        # at the end every track's STT is drained, however far behind the fake is
+        TRANSCRIBER_TRACK_DRAIN_TIMEOUT=str(DRAIN_MAX),
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    )
+    worker = WorkerProcess(env, workdir / "worker.log")
+    _WORKERS.append(worker)
+    await asyncio.to_thread(worker.wait_registered, 90.0)
+    return worker
+
+
+@dataclass
+class Meeting:
+    """The script's participants in one room, one microphone track each, and a listener."""
+
+    server: LiveKitServer
+    room_name: str
+    rooms: list[rtc.Room] = field(default_factory=list)
+    sources: dict[str, rtc.AudioSource] = field(default_factory=dict)
+    listener: CaptionListener | None = None
+
+    async def join(self, script: Script, agent_name: str) -> None:
+        server = self.server
+        self.listener = await CaptionListener(server, self.room_name, identity="listener").join()
+        for name in script.tracks:
+            room = rtc.Room()
+            self.rooms.append(room)
+            await room.connect(
+                server.url,
+                server.token(name, self.room_name),
+                rtc.RoomOptions(auto_subscribe=False),
+            )
+            source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=QUEUE_MS)
+            track = rtc.LocalAudioTrack.create_audio_track(f"{name}-mic", source)
+            await room.local_participant.publish_track(
+                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+            )
+            self.sources[name] = source
+        async with server.api() as lkapi:
+            await lkapi.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name=agent_name, room=self.room_name)
+            )
+
+    async def play(self, script: Script) -> np.ndarray:
+        """Every track in real time, frame by frame: when each frame was accepted."""
+        frames = len(next(iter(script.tracks.values()))) // FRAME
+        returned = np.zeros(frames)
+        for i in range(frames):
+            await asyncio.gather(
+                *(
+                    source.capture_frame(
+                        rtc.AudioFrame(
+                            script.tracks[name][i * FRAME : (i + 1) * FRAME].tobytes(),
+                            SAMPLE_RATE,
+                            1,
+                            FRAME,
+                        )
+                    )
+                    for name, source in self.sources.items()
+                )
+            )
+            returned[i] = time.monotonic()
+        await asyncio.gather(*(s.wait_for_playout() for s in self.sources.values()))
+        return returned
+
+    async def unpublish(self) -> None:
+        for room in self.rooms:
+            for sid in list(room.local_participant.track_publications):
+                await room.local_participant.unpublish_track(sid)
+
+    async def leave(self) -> None:
+        """Ends the job cleanly (its last finals), then disconnects everyone."""
+        try:
+            async with self.server.api() as lkapi:
+                await asyncio.wait_for(
+                    lkapi.room.delete_room(api.DeleteRoomRequest(room=self.room_name)), 10
+                )
+        except Exception:
+            pass
+        clients = [r.disconnect() for r in self.rooms]
+        if self.listener is not None:
+            clients.append(self.listener.leave())
+        for client in clients:
+            try:
+                await asyncio.wait_for(client, 5)
+            except Exception:
+                pass
+
+
+class CpuMeter:
+    """CPU of the worker, the fake, the LiveKit server, this process (the load generator)
+    and the rest of the machine, between `start` and `stop`, in cores."""
+
+    def __init__(self, processes: dict[str, int]) -> None:
+        self._processes = processes
+        self._me = psutil.Process()
+
+    def start(self) -> None:
+        self._trees = {k: tree_cpu(pid) for k, pid in self._processes.items()}
+        self._own, self._machine = sum(self._me.cpu_times()[:2]), psutil.cpu_times()
+        self._t0 = time.monotonic()
+
+    def stop(self, result: RunResult, tracks: int) -> None:
+        wall = time.monotonic() - self._t0
+        cores = {
+            k: cpu_between(self._trees[k], tree_cpu(pid)) / wall
+            for k, pid in self._processes.items()
+        }
+        cores["loadgen"] = (sum(self._me.cpu_times()[:2]) - self._own) / wall
+        machine = psutil.cpu_times()
+        idle = machine.idle + machine.iowait - self._machine.idle - self._machine.iowait
+        busy = (sum(machine) - sum(self._machine) - idle) / wall  # summed over CPUs
+        result.worker_cpu_cores = round(cores["worker"], 4)
+        result.cpu_per_track = round(cores["worker"] / tracks, 4)
+        result.fake_cpu_cores = round(cores["fake"], 3)
+        result.livekit_cpu_cores = round(cores["livekit"], 3)
+        result.loadgen_cpu_cores = round(cores["loadgen"], 3)
+        result.other_cpu_cores = round(max(0.0, busy - sum(cores.values())), 3)
+
+
+async def wait_tracks_closed(worker: WorkerProcess, tracks: int, label: str) -> None:
+    """Each unpublished track's pipeline ends its STT stream and publishes the last finals
+    (the fake decodes what it still holds first; on a busy machine it can be far behind).
+    A track is done when the worker logs it closed."""
+    deadline = time.monotonic() + DRAIN_MAX
+    while worker.log().count('"track closed"') < tracks:
+        if time.monotonic() > deadline:
+            print(f"  {label}: tracks still open after {DRAIN_MAX:.0f} s", flush=True)
+            return
+        await asyncio.sleep(0.5)
+
+
 async def run_once(
     server: LiveKitServer, script: Script, *, gating: bool, workdir: Path
 ) -> RunResult:
@@ -648,181 +780,94 @@ async def run_once(
     result = RunResult(gating=gating)
     fake = FakeDeepgramProcess(workdir)
     worker: WorkerProcess | None = None
-    rooms: list[rtc.Room] = []
-    listener: CaptionListener | None = None
-    room_name = f"gating-{label}-{uuid.uuid4().hex[:6]}"
+    meeting = Meeting(server, f"gating-{label}-{uuid.uuid4().hex[:6]}")
     agent_name = f"gating-{uuid.uuid4().hex[:6]}"
     try:
         await fake.ready()
-        metrics_port = free_port()
-        metrics_dir = workdir / "prometheus"
-        metrics_dir.mkdir()
-        env = worker_env(
-            server,
-            TRANSCRIBER_AGENT_NAME=agent_name,
-            TRANSCRIBER_STT_PROVIDER="deepgram",
-            DEEPGRAM_API_KEY=DG_KEY,
-            DEEPGRAM_URL=fake.url,
-            TRANSCRIBER_VAD_GATING="true" if gating else "false",
-            TRANSCRIBER_METRICS_PORT=str(metrics_port),
-            TRANSCRIBER_DRAIN_TIMEOUT="10",
-            # at the end every track's STT is drained, however far behind the fake is
-            TRANSCRIBER_TRACK_DRAIN_TIMEOUT=str(DRAIN_MAX),
-            PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+        worker = await start_worker(
+            server, fake, agent_name=agent_name, gating=gating, workdir=workdir
         )
-        worker_log = workdir / "worker.log"
-        worker = WorkerProcess(env, worker_log)
-        _WORKERS.append(worker)
-        await asyncio.to_thread(worker.wait_registered, 90.0)
-
-        listener = await CaptionListener(server, room_name, identity="listener").join()
-        sources: dict[str, rtc.AudioSource] = {}
-        for name in script.tracks:
-            room = rtc.Room()
-            rooms.append(room)
-            await room.connect(
-                server.url, server.token(name, room_name), rtc.RoomOptions(auto_subscribe=False)
-            )
-            source = rtc.AudioSource(SAMPLE_RATE, 1, queue_size_ms=QUEUE_MS)
-            track = rtc.LocalAudioTrack.create_audio_track(f"{name}-mic", source)
-            await room.local_participant.publish_track(
-                track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-            )
-            sources[name] = source
-        async with server.api() as lkapi:
-            await lkapi.agent_dispatch.create_dispatch(
-                api.CreateAgentDispatchRequest(agent_name=agent_name, room=room_name)
-            )
-        deadline = time.monotonic() + 60
-        while (await scrape_soon(metrics_port))["active_tracks"] < len(sources):
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"worker did not caption every track:\n{worker_log.read_text()[-3000:]}"
-                )
-            await asyncio.sleep(0.25)
+        await meeting.join(script, agent_name)
+        tracks = len(meeting.sources)
+        await worker.wait_tracks(tracks, timeout=60)
         await asyncio.sleep(1.0)
 
-        # the meeting, in real time
-        procs = {
-            "worker": worker.process.pid,
-            "fake": fake.process.pid,
-            "livekit": server.process.pid,
-        }
-        me = psutil.Process()
+        meter = CpuMeter(
+            {"worker": worker.process.pid, "fake": fake.process.pid, "livekit": server.process.pid}
+        )
         billed0 = (await fake.state())["billed_seconds"]
-        metric0 = (await scrape(metrics_port))["sent"]
-        cpu0 = {k: tree_cpu(pid) for k, pid in procs.items()}
-        own0, machine0 = sum(me.cpu_times()[:2]), psutil.cpu_times()
+        metric0 = await asyncio.to_thread(worker.metric, SENT)
         t0 = time.monotonic()
-        frames = len(next(iter(script.tracks.values()))) // FRAME
-        returned = np.zeros(frames)
-        names = list(sources)
-        for i in range(frames):
-            await asyncio.gather(
-                *(
-                    sources[n].capture_frame(
-                        rtc.AudioFrame(
-                            script.tracks[n][i * FRAME : (i + 1) * FRAME].tobytes(),
-                            SAMPLE_RATE,
-                            1,
-                            FRAME,
-                        )
-                    )
-                    for n in names
-                )
-            )
-            returned[i] = time.monotonic()
-        await asyncio.gather(*(s.wait_for_playout() for s in sources.values()))
+        meter.start()
+        returned = await meeting.play(script)
+        meter.stop(result, tracks)
         t1 = time.monotonic()
-        cpu1 = {k: tree_cpu(pid) for k, pid in procs.items()}
-        own1, machine1 = sum(me.cpu_times()[:2]), psutil.cpu_times()
-        wall = t1 - t0
-        result.realtime_factor = round(wall / script.duration, 4)
-        cores = {k: cpu_between(cpu0[k], cpu1[k]) / wall for k in procs}
-        cores["loadgen"] = (own1 - own0) / wall
-        result.worker_cpu_cores = round(cores["worker"], 4)
-        result.cpu_per_track = round(cores["worker"] / len(sources), 4)
-        result.fake_cpu_cores = round(cores["fake"], 3)
-        result.livekit_cpu_cores = round(cores["livekit"], 3)
-        result.loadgen_cpu_cores = round(cores["loadgen"], 3)
-        idle = machine1.idle + machine1.iowait - machine0.idle - machine0.iowait
-        busy = (sum(machine1) - sum(machine0) - idle) / wall  # summed over CPUs: cores in use
-        result.other_cpu_cores = round(max(0.0, busy - sum(cores.values())), 3)
+        result.realtime_factor = round((t1 - t0) / script.duration, 4)
 
         # billed: once the meeting's last audio (tail: background only) reached the STT
         await asyncio.sleep(1.0)
-        billed1 = (await fake.state())["billed_seconds"]
-        result.billed_s = round(billed1 - billed0, 3)
-        result.billed_metric_s = round((await scrape(metrics_port))["sent"] - metric0, 3)
+        result.billed_s = round((await fake.state())["billed_seconds"] - billed0, 3)
+        result.billed_metric_s = round(await asyncio.to_thread(worker.metric, SENT) - metric0, 3)
 
-        # captions: the tracks are unpublished, so each pipeline ends its STT stream and
-        # publishes the last finals (the fake decodes what it still holds first; on a busy
-        # machine it can be far behind). A track is done when the worker logs it closed.
-        for room in rooms:
-            for sid in list(room.local_participant.track_publications):
-                await room.local_participant.unpublish_track(sid)
-        deadline = time.monotonic() + DRAIN_MAX
-        while worker_log.read_text(errors="replace").count('"track closed"') < len(sources):
-            if time.monotonic() > deadline:
-                print(f"  {label}: tracks still open after {DRAIN_MAX:.0f} s", flush=True)
-                break
-            await asyncio.sleep(0.5)
+        await meeting.unpublish()
+        await wait_tracks_closed(worker, tracks, label)
         await asyncio.sleep(CAPTION_TRANSIT)
+        assert meeting.listener is not None
+        listener = meeting.listener
         result.last_final_after_meeting_s = round(
             max((c.received_at for c in listener.captions if c.final), default=t1) - t1, 2
         )
-
         lead = QUEUE_MS / 1000 - FRAME / SAMPLE_RATE
 
         def sent_wall(t: float) -> float:
-            return float(returned[min(int(t * SAMPLE_RATE) // FRAME, frames - 1)]) + lead
+            return float(returned[min(int(t * SAMPLE_RATE) // FRAME, len(returned) - 1)]) + lead
 
-        finals = {n: [(c.text, c.received_at) for c in listener.of(n) if c.final] for n in names}
-        scored = score(script, finals, sent_wall)
-        result.recall = round(scored["recall"], 4)
-        result.words = scored["words"]
-        result.first_words_missing = scored["first_words_missing"]
-        result.lossy_sentences = scored["lossy_sentences"]
-        result.caption_delay_p50_s = scored["caption_delay_p50_s"]
-        result.caption_delay_p95_s = scored["caption_delay_p95_s"]
-        result.caption_final_words = sum(
-            len(normalize_words(t)) for fs in finals.values() for t, _ in fs
-        )
-
-        state = await fake.state()
-        result.billed_outside_meeting_s = round(state["billed_seconds"] - result.billed_s, 3)
-        accepted = [c for c in state["connections"] if c["accepted"]]
-        result.connections = len(accepted)
-        result.stt_final_words = sum(len(normalize_words(t)) for c in accepted for t in c["finals"])
-        (workdir / "fake-state.json").write_text(json.dumps(state, indent=1))
-        (workdir / "captions.json").write_text(
-            json.dumps({n: [t for t, _ in f] for n, f in finals.items()}, indent=1)
-        )
-        log = worker_log.read_text(errors="replace")
+        finals = {
+            n: [(c.text, c.received_at) for c in listener.of(n) if c.final] for n in meeting.sources
+        }
+        record_recall(result, score(script, finals, sent_wall), finals)
+        await record_stt(result, fake, workdir, finals)
+        log = worker.log()
         result.worker_warnings = {k: log.count(v) for k, v in WARNINGS.items()}
         result.sent_per_track_s = sent_per_track(log)
         return result
     finally:
+        await meeting.leave()
         if worker is not None:
-            try:  # ends the job cleanly (last finals), then the worker
-                async with server.api() as lkapi:
-                    await asyncio.wait_for(
-                        lkapi.room.delete_room(api.DeleteRoomRequest(room=room_name)), 10
-                    )
-            except Exception:
-                pass
             await asyncio.to_thread(worker.stop)
-        for room in rooms:
-            try:
-                await asyncio.wait_for(room.disconnect(), 5)
-            except Exception:
-                pass
-        if listener is not None:
-            try:
-                await asyncio.wait_for(listener.leave(), 5)
-            except Exception:
-                pass
         await asyncio.to_thread(_stop, fake.process, 5.0)
+
+
+def record_recall(
+    result: RunResult, scored: dict[str, Any], finals: dict[str, list[tuple[str, float]]]
+) -> None:
+    result.recall = round(scored["recall"], 4)
+    result.words = scored["words"]
+    result.first_words_missing = scored["first_words_missing"]
+    result.lossy_sentences = scored["lossy_sentences"]
+    result.caption_delay_p50_s = scored["caption_delay_p50_s"]
+    result.caption_delay_p95_s = scored["caption_delay_p95_s"]
+    result.caption_final_words = sum(
+        len(normalize_words(t)) for fs in finals.values() for t, _ in fs
+    )
+
+
+async def record_stt(
+    result: RunResult,
+    fake: FakeDeepgramProcess,
+    workdir: Path,
+    finals: dict[str, list[tuple[str, float]]],
+) -> None:
+    """What the fake Deepgram received and answered, also kept in `workdir`."""
+    state = await fake.state()
+    result.billed_outside_meeting_s = round(state["billed_seconds"] - result.billed_s, 3)
+    accepted = [c for c in state["connections"] if c["accepted"]]
+    result.connections = len(accepted)
+    result.stt_final_words = sum(len(normalize_words(t)) for c in accepted for t in c["finals"])
+    (workdir / "fake-state.json").write_text(json.dumps(state, indent=1))
+    (workdir / "captions.json").write_text(
+        json.dumps({n: [t for t, _ in f] for n, f in finals.items()}, indent=1)
+    )
 
 
 # --------------------------------------------------------------------------- report
