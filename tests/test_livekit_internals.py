@@ -26,3 +26,13 @@ def test_the_connection_messages_the_outage_filter_matches_are_still_logged() ->
     assert f'"{OutageLogFilter.LOST}, retrying' in connection
     registered = inspect.getsource(AgentServer._handle_register)
     assert f'"{OutageLogFilter.BACK}"' in registered
+
+
+def test_availability_is_still_judged_on_the_effective_load_with_reserved_rooms() -> None:
+    """`TranscriberServer._get_effective_load` counts rooms said yes to and not started."""
+    available = inspect.getsource(AgentServer._is_available)
+    assert "self._get_effective_load()" in available
+    answer = inspect.getsource(AgentServer._answer_availability)
+    assert "self._reserved_slots += 1" in answer
+    effective = inspect.getsource(AgentServer._get_effective_load)
+    assert "self._worker_load" in effective and "self._reserved_slots" in effective

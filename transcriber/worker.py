@@ -51,6 +51,18 @@ class TranscriberServer(AgentServer):
     transcripts they journal (`transcript_delivery`), and flushes them before it exits."""
 
     outbox: TranscriptOutbox | None = None
+    room_load: float = 0.0
+    """What one room adds to `worker_load` before its tracks are known: 1 / max rooms."""
+
+    def _get_effective_load(self) -> float:
+        """The load an availability answer is judged on: the reported load plus the rooms
+        said yes to and not started yet. livekit-agents counts each of those, while no
+        room runs, as load_threshold / num_idle_processes (half the threshold on 2
+        cores), so an idle worker refused the third of several rooms dispatched at once
+        and LiveKit dropped it: no transcriber, no retry. A reserved room is counted as
+        `worker_load` counts a room. The one override of a private method here;
+        tests/test_livekit_internals.py fails if an upgrade stops calling it."""
+        return self._worker_load + self._reserved_slots * self.room_load
 
     async def aclose(self) -> None:
         await super().aclose()
@@ -95,6 +107,7 @@ def build_server(settings: Settings) -> AgentServer:
         )
         server.outbox = outbox
         server.on("worker_started", outbox.start)
+    server.room_load = 1 / settings.max_rooms
     api_args = {
         "url": settings.livekit_url,
         "api_key": settings.livekit_api_key,
