@@ -712,26 +712,26 @@ class DesignRun:
         self.rooms = [RoomLoad(self.server, f"{prefix}-{i}") for i in range(self.plan.rooms)]
         await asyncio.gather(*(room.join() for room in self.rooms))
         async with self.server.api() as lkapi:
+            # one at a time: a plain livekit-agents worker (baseline, floor) refuses rooms
+            # dispatched at once past its idle processes, and LiveKit drops them
             for room in self.rooms:
                 await lkapi.agent_dispatch.create_dispatch(
                     api.CreateAgentDispatchRequest(agent_name=self.agent_name, room=room.name)
                 )
-            # a crowded machine starts job processes slowly, one per room
-            deadline = time.monotonic() + 60 + 30 * len(self.rooms)
-            waiting = {room.name for room in self.rooms}
-            while waiting and time.monotonic() < deadline:
-                for name in list(waiting):
-                    response = await lkapi.room.list_participants(
-                        api.ListParticipantsRequest(room=name)
-                    )
-                    if any(p.kind == api.ParticipantInfo.Kind.AGENT for p in response.participants):
-                        waiting.discard(name)
-                await asyncio.sleep(0.3)
-            if waiting:
-                raise RuntimeError(
-                    f"the worker did not join {sorted(waiting)}:\n{self.worker.log()[-3000:]}"
-                )
+                # a crowded machine starts job processes slowly
+                deadline = time.monotonic() + 90
+                while not await self._agent_in(lkapi, room.name):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(
+                            f"the worker did not join {room.name}:\n{self.worker.log()[-3000:]}"
+                        )
+                    await asyncio.sleep(0.3)
         await asyncio.sleep(3.0)  # join settle time, first idle process replaced
+
+    @staticmethod
+    async def _agent_in(lkapi: api.LiveKitAPI, room: str) -> bool:
+        response = await lkapi.room.list_participants(api.ListParticipantsRequest(room=room))
+        return any(p.kind == api.ParticipantInfo.Kind.AGENT for p in response.participants)
 
     async def _ramp_to(self, tracks: int) -> None:
         current = sum(len(room.speakers) for room in self.rooms)

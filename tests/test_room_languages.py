@@ -48,3 +48,15 @@ def test_the_most_read_languages_are_the_targets_and_leavers_stop_counting() -> 
     languages.forget("clara")
     assert languages.translation_targets().languages == ("fr",)
     assert languages.spoken_language("bernd") == "en"
+
+
+def test_an_over_cap_room_at_start_is_reported_once(caplog) -> None:  # type: ignore[no-untyped-def]
+    languages = RoomLanguages(POLICY, room="standup")
+    present = [Participant("anne", {"language": "fr"}), Participant("bernd", {"language": "de"})]
+    present.append(Participant("clara", {"language": "de"}))
+    with caplog.at_level("WARNING", logger="transcriber.room_languages"):
+        languages.update_all(present)  # type: ignore[arg-type]
+    assert [r.getMessage() for r in caplog.records if "not into" in r.getMessage()] == [
+        "participants read more languages than TRANSCRIBER_MAX_TRANSLATION_LANGUAGES=1: "
+        "translating into de (the most read), not into fr"
+    ]

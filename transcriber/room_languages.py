@@ -8,6 +8,7 @@ what it ignored or left out.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from livekit import rtc
 
@@ -33,8 +34,19 @@ class RoomLanguages:
         """The languages this room's captions are translated into, most-read first."""
         return self._policy.targets(self._readers.values())
 
+    def update_all(self, participants: Iterable[rtc.RemoteParticipant]) -> None:
+        """Reads everyone present (at start), then checks the targets once."""
+        for participant in participants:
+            self._read(participant)
+        self._check_targets()
+
     def update(self, participant: rtc.RemoteParticipant) -> str | None:
         """Reads the participant's `language`: its new spoken language if that changed."""
+        spoken = self._read(participant)
+        self._check_targets()
+        return spoken
+
+    def _read(self, participant: rtc.RemoteParticipant) -> str | None:
         identity = participant.identity
         reading = read_attribute(participant.attributes, is_agent=participant.kind == _AGENT)
         extra = {"room": self._room, "participant": identity}
@@ -55,7 +67,6 @@ class RoomLanguages:
             self._readers.pop(identity, None)
         else:
             self._readers[identity] = reading.code
-        self._check_targets()
         spoken = self.spoken_language(identity)
         if spoken == before:
             return None

@@ -91,8 +91,7 @@ class RoomManager:
     def start(self) -> None:
         for event, handler in self._handlers().items():
             self._room.on(event, handler)  # type: ignore[arg-type]
-        for participant in self._room.remote_participants.values():
-            self._languages.update(participant)
+        self._languages.update_all(self._room.remote_participants.values())
         self._scan()
 
     def _scan(self) -> None:
