@@ -164,6 +164,10 @@ MISSING_LIMIT = 0.02
 ROOMS_SUFFIX = "_4rooms"
 """Results of the ramp spread over 4 rooms carry the design's name with this suffix."""
 DESIGNS = ("ours", "ours_gated", "baseline", "floor")
+SINK_DESIGNS = ("ours_plain", "ours_transcript")
+"""Optional (`--designs`): ours with no history (`ours_plain`, the live outputs alone) and
+ours with history and a transcript sink journaling every final (`ours_transcript`), for
+`sinks_latency_added_ms`: what those sinks add to the captions' p95."""
 DEFAULT_SERVER_BIN = Path.home() / ".cache" / "transcriber" / "livekit-server-v1.13.5"
 
 
@@ -668,6 +672,12 @@ class DesignRun:
             TRANSCRIBER_MAX_ROOMS="10000",
             TRANSCRIBER_VAD_GATING="true" if self.design == "ours_gated" else "false",
         )
+        if self.design == "ours_plain":
+            env["TRANSCRIBER_HISTORY_FINALS"] = "0"
+        if self.design == "ours_transcript":
+            journal = self.workdir / "transcripts"
+            journal.mkdir(mode=0o700, exist_ok=True)
+            env["TRANSCRIBER_TRANSCRIPT_DIR"] = str(journal)
         return [sys.executable, "-m", "transcriber", "start"], env
 
     async def run(self) -> DesignResult:
@@ -942,12 +952,17 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
         }
     o, b = summary["ours"], summary["baseline"]
     assert isinstance(o, dict) and isinstance(b, dict)
-    differences = [
-        w.latency_p95_ms - w.echo_p95_ms
-        for w in ours.levels
-        if w.tracks in used and w.latency_p95_ms is not None and w.echo_p95_ms is not None
-    ]
-    added = round(statistics.median(differences), 1) if differences else None
+
+    def latency_added(design: DesignResult) -> tuple[float | None, list[float]]:
+        """Median over the levels used of the worker's p95 minus the echo's."""
+        differences = [
+            w.latency_p95_ms - w.echo_p95_ms
+            for w in design.levels
+            if w.tracks in used and w.latency_p95_ms is not None and w.echo_p95_ms is not None
+        ]
+        return (round(statistics.median(differences), 1) if differences else None), differences
+
+    added, differences = latency_added(ours)
     result: dict[str, object] = {
         "reference_tracks": reference,
         "latency_added_p95_ms_per_level": [round(d, 1) for d in differences],
@@ -962,6 +977,15 @@ def summarize(results: dict[str, DesignResult], plan: Plan) -> dict[str, object]
         "knee_baseline_limited_by": _limit(base),
     }
     result.update(floor_and_knees(results, summary))
+    plain, journaled = (
+        latency_added(results[n])[0] if n in results else None for n in SINK_DESIGNS
+    )
+    if plain is not None or journaled is not None:
+        result["latency_added_p95_ms_plain"] = plain
+        result["latency_added_p95_ms_transcript"] = journaled
+        result["sinks_latency_added_ms"] = (
+            round(journaled - plain, 1) if plain is not None and journaled is not None else None
+        )
     knee_floor = results["floor"].knee if "floor" in results else None
     four = {
         n: results[n + ROOMS_SUFFIX].knee
@@ -1158,7 +1182,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="extra alternated CPU rounds per design at the reference level (2; --quick 0)",
     )
-    parser.add_argument("--designs", type=str, default="", help="subset, e.g. ours,baseline")
+    parser.add_argument(
+        "--designs",
+        type=str,
+        default="",
+        help="subset, e.g. ours,baseline; also ours_plain,ours_transcript",
+    )
     parser.add_argument(
         "--keep", type=Path, default=None, help="keep worker logs and lag files here"
     )

@@ -4,8 +4,9 @@
 
 An agent worker on the same SDK as the transcriber that subscribes to every audio track
 of its room and reads it as the transcriber does (`rtc.AudioStream` at 16 kHz mono, 50 ms
-frames: `PipelineOptions`' defaults), then drops every frame: no STT, no captions, nothing
-published. What it costs per track is what any transcriber on this SDK pays before doing
+frames: `PipelineOptions`' defaults; each stream handed its own frames only, as
+`own_frames_only` does for the transcriber), then drops every frame: no STT, no captions,
+nothing published. What it costs per track is what any transcriber on this SDK pays before doing
 any work; `cpu_over_floor` in the capacity benchmark is ours over it.
 
 Frame delay, its knee signal: per track, how far each frame arrives behind the track's
@@ -28,7 +29,7 @@ from livekit.agents import AgentServer, AutoSubscribe, JobContext, cli, utils
 
 from benchmarks.fast_stt import LAG_DIR_ENV, LagProbe
 from transcriber.stt_providers import SAMPLE_RATE
-from transcriber.track_pipeline import PipelineOptions
+from transcriber.track_pipeline import PipelineOptions, own_frames_only
 
 FRAME_MS = PipelineOptions.frame_size_ms
 REPORT_EVERY = 0.5
@@ -56,8 +57,10 @@ class FrameDelay:
 
 async def drain(track: rtc.Track, delays: FrameDelay) -> None:
     """Reads the track like the transcriber does, keeps nothing."""
-    stream = rtc.AudioStream.from_track(
-        track=track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS
+    stream = own_frames_only(  # the cheapest way this SDK receives, as the transcriber does
+        rtc.AudioStream.from_track(
+            track=track, sample_rate=SAMPLE_RATE, num_channels=1, frame_size_ms=FRAME_MS
+        )
     )
     best: float | None = None
     position = 0.0

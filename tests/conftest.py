@@ -167,6 +167,7 @@ def worker_env(server: LiveKitServer, **overrides: str) -> dict[str, str]:
         TRANSCRIBER_VAD_GATING="false",
         TRANSCRIBER_METRICS_PORT=str(free_port()),
         PYTHONPATH=str(ROOT),
+        PYTHONFAULTHANDLER="1",  # a crash leaves every thread's stack in the worker's log
     )
     env.update(overrides)
     return env

@@ -126,6 +126,10 @@ class Caption:
         return self.attributes.get("translated") == "true"
 
 
+STREAM_ORDER_WAIT = 2.0
+"""Seconds a finished caption stream waits for the one opened before it to finish."""
+
+
 @dataclass
 class CaptionListener:
     """A participant that reads both caption outputs, the way web clients do."""
@@ -163,11 +167,13 @@ class CaptionListener:
         opened_before: asyncio.Task[None] | None,
     ) -> None:
         """Captions are kept in the order their streams opened (the order they were sent):
-        two short streams sent back to back may finish reading in either order."""
+        two short streams sent back to back may finish reading in either order. A stream
+        whose sender was killed mid-stream never ends, so it holds the next ones back only
+        for `STREAM_ORDER_WAIT`."""
         text = await reader.read_all()
         received_at = time.monotonic()
         if opened_before is not None:
-            await asyncio.wait([opened_before])
+            await asyncio.wait([opened_before], timeout=STREAM_ORDER_WAIT)
         attributes = reader.info.attributes
         self.captions.append(
             Caption(
@@ -204,22 +210,25 @@ class CaptionListener:
                 )
             )
 
-    def meet_view(self, speaker: str, *, before: float | None = None) -> str:
-        """What La Suite Meet's subtitles show for the speaker (at monotonic time `before`):
-        its reducer drops events of more than one segment, keeps the first event of each
-        segment id, ignores later ones, and joins the texts of a speaker's consecutive
-        segments (`src/frontend/src/features/subtitle/component/Subtitles.tsx`)."""
+    def meet_view(self, speaker: str) -> str:
+        """What La Suite Meet's subtitles show for the speaker: its reducer drops events of
+        more than one segment, keeps the first event of each segment id, ignores later
+        ones, and joins the texts of a speaker's consecutive segments
+        (`src/frontend/src/features/subtitle/component/Subtitles.tsx`)."""
+        return " ".join(c.text for c in self.meet_events(speaker))
+
+    def meet_events(self, speaker: str) -> list[Caption]:
+        """The legacy events La Suite Meet's reducer keeps for the speaker, in order: of
+        one segment each, the first of each segment id (see `meet_view`)."""
         seen: set[str] = set()
-        shown: list[str] = []
+        kept: list[Caption] = []
         for caption in self.of(speaker, "legacy"):
-            if before is not None and caption.received_at >= before:
-                break
             if caption.attributes.get("segments_in_event") != "1":
                 continue
             if caption.segment_id not in seen:
                 seen.add(caption.segment_id)
-                shown.append(caption.text)
-        return " ".join(shown)
+                kept.append(caption)
+        return kept
 
     def by_id_view(self, output: str, speaker: str) -> list[Caption]:
         """What a reader that updates segments by id shows (components-react

@@ -95,6 +95,9 @@ class Outage:
     resumed: float = 0.0
 
 
+KILLS = 5
+"""Deaths per test, for a p95 of the time without captions."""
+
 IN_FLIGHT = 0.3
 """Seconds after a death within which a caption received was sent before it."""
 
@@ -161,7 +164,7 @@ async def test_a_killed_job_process_is_replaced_and_captions_resume(
     _, metrics_dir = worker_with_metrics(start_worker, tmp_path, "w", TRANSCRIBER_AGENT_NAME=agent_name)
     listener, talk, joining = await meeting(livekit_server, room_name, agent_name, tmp_path)
     outages: list[Outage] = []
-    for _ in range(5):
+    for _ in range(KILLS):
         _, pid = await wait_pid([metrics_dir])
         await asyncio.sleep(random.uniform(1.0, 2.5))  # anywhere in a sentence
         outage = Outage(at=time.monotonic())
@@ -193,7 +196,7 @@ async def test_a_killed_worker_is_replaced_by_another_worker(
     workers = dict(worker_with_metrics(start_worker, tmp_path, f"w{i}", **env)[::-1] for i in range(2))
     listener, talk, joining = await meeting(livekit_server, room_name, agent_name, tmp_path)
     outages: list[Outage] = []
-    for round_ in range(3):
+    for round_ in range(KILLS):
         metrics_dir, _ = await wait_pid(list(workers))
         doomed = workers.pop(metrics_dir)
         await asyncio.sleep(random.uniform(1.0, 2.5))
@@ -201,11 +204,12 @@ async def test_a_killed_worker_is_replaced_by_another_worker(
         os.killpg(doomed.process.pid, signal.SIGKILL)  # the whole pod
         outage.resumed = await next_caption_after(listener, "alice", outage.at + IN_FLIGHT)
         outages.append(outage)
-        survivor_dir, _ = await wait_pid(list(workers), timeout=1)
-        assert survivor_dir in workers
+        await wait_pid(list(workers), timeout=1)  # served by a worker still alive
         assert len(await transcribers_in(livekit_server, room_name)) == 1
-        if round_ < 2:  # a new pod comes up, for the next round to kill the captioning one
-            new, new_dir = worker_with_metrics(start_worker, tmp_path, f"n{round_}", **env)
+        if round_ < KILLS - 1:  # a new pod comes up, for the next round to kill
+            new, new_dir = await asyncio.to_thread(  # the meeting goes on meanwhile
+                worker_with_metrics, start_worker, tmp_path, f"n{round_}", **env
+            )
             workers[new_dir] = new
     await asyncio.sleep(4.0)
     await talk.stop()
@@ -282,6 +286,8 @@ async def test_a_restarted_livekit_server_gets_its_live_meeting_captioned_again(
         outage = Outage(at=time.monotonic())
         server.kill()
         await asyncio.sleep(2.0)
+        for worker in workers:  # an operator sees which workers cannot take rooms
+            assert worker.status("/ready") == (503, "lost LiveKit, reconnecting")
         server = LiveKitServer.start(log, port=server.port)
         back = await participant_back(server, room_name, "alice")
         outage.resumed = await next_caption_after(listener, "alice", back, timeout=30)

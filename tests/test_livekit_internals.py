@@ -36,3 +36,15 @@ def test_availability_is_still_judged_on_the_effective_load_with_reserved_rooms(
     assert "self._reserved_slots += 1" in answer
     effective = inspect.getsource(AgentServer._get_effective_load)
     assert "self._worker_load" in effective and "self._reserved_slots" in effective
+
+
+def test_an_audio_stream_still_subscribes_to_the_process_wide_queue_with_a_filter() -> None:
+    """`track_pipeline.own_frames_only` swaps the filter of the stream's subscription."""
+    from livekit.rtc import AudioStream
+    from livekit.rtc._ffi_client import FfiQueue
+
+    init = inspect.getsource(AudioStream.__init__)
+    assert "self._ffi_queue = FfiClient.instance.queue.subscribe(" in init
+    assert "self._ffi_handle" in inspect.getsource(AudioStream)
+    put = inspect.getsource(FfiQueue.put)
+    assert "for queue, loop, filter_fn in self._subscribers" in put and "self._lock" in put

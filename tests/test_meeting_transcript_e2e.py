@@ -7,11 +7,14 @@ import asyncio
 import json
 import os
 import signal
+import statistics
 import time
 from pathlib import Path
 
+from .frozen_filesystem import FrozenFilesystem
 from .livekit_server import LiveKitServer
 from .participants import Caption, CaptionListener, Speaker
+from .test_failures_e2e import dispatch_until_joined
 from .test_worker_e2e import dispatch, speak, wait_transcriber
 from .tone_stt import script_words, utterance_audio
 from .webhook_server import WebhookServer
@@ -194,4 +197,105 @@ async def test_sigterm_mid_sentence_puts_that_sentence_in_the_transcript(
     assert texts == [c.text for c in finals(listener)]
     for who in (alice, listener):
         await who.leave()
+    await webhook.stop()
+
+
+PAUSE = 0.8
+"""Silence after each utterance (the recognizer's end of utterance is 0.4 s)."""
+
+
+async def said_and_heard(
+    speaker: Speaker, listener: CaptionListener, script: list[list[str]]
+) -> list[float]:
+    """Says each utterance; per utterance, seconds from the end of its words' audio, as the
+    speaker played it, to its final reaching the listener."""
+    words_end: dict[str, float] = {}
+    for words in script:
+        await speaker.play_samples(utterance_audio(words, pause=PAUSE))
+        words_end[" ".join(words)] = time.monotonic() - PAUSE
+    await listener.wait_for(lambda: set(listener.finals(speaker.identity)) >= set(words_end))
+    heard = {c.text: c.received_at for c in finals(listener) if c.speaker == speaker.identity}
+    assert listener.finals(speaker.identity) == list(words_end), "a final lost or repeated"
+    return [heard[text] - end for text, end in words_end.items()]
+
+
+STALLED = "caption output transcript is stalled"
+STALLED_OUTPUTS = "transcriber_caption_outputs_stalled"
+
+
+async def test_a_transcript_sink_blocked_for_good_leaves_live_captions_on_time(
+    livekit_server: LiveKitServer, start_worker, agent_name: str, tmp_path: Path
+) -> None:
+    """The transcript's live sink (its journal) is stuck on a frozen filesystem, and the
+    webhook accepts the previous meeting's transcript and never answers: every final still
+    reaches the listener, as fast as in a meeting where nothing is stuck."""
+    disk = FrozenFilesystem.mount(tmp_path)
+    try:
+        await _a_sink_blocked_for_good(livekit_server, start_worker, agent_name, disk)
+    finally:
+        disk.unmount()
+
+
+async def _a_sink_blocked_for_good(
+    livekit_server: LiveKitServer,
+    start_worker,  # type: ignore[no-untyped-def]
+    agent_name: str,
+    disk: FrozenFilesystem,
+) -> None:
+    key, secret = livekit_server.api_key, livekit_server.api_secret
+    webhook = await WebhookServer(key, secret, hang=True).start()
+    worker = start_worker(
+        TRANSCRIBER_AGENT_NAME=agent_name,
+        TRANSCRIBER_TRANSCRIPT_WEBHOOK_URL=webhook.url,
+        TRANSCRIBER_JOURNAL_DIR=str(disk.path / "journal"),
+        TRANSCRIBER_EMPTY_ROOM_TIMEOUT="1",
+    )
+    try:
+        # a meeting where nothing is stuck: the latency to compare with
+        room_a, room_b = f"{agent_name}-a", f"{agent_name}-b"
+        listener, (alice,) = await start_meeting(
+            livekit_server, worker, room_a, agent_name, ("alice",)
+        )
+        free = await said_and_heard(alice, listener, script_words(6, seed=60))
+        for who in (alice, listener):
+            await who.leave()
+        for _ in range(300):  # its transcript is POSTed, and the webhook hangs
+            if webhook.hung:
+                break
+            await asyncio.sleep(0.1)
+        assert webhook.hung and not webhook.received
+
+        # the next meeting on the same worker, with its journal's disk frozen
+        listener = await CaptionListener(livekit_server, room_b).join()
+        bob = await Speaker(livekit_server, room_b, "bob").join()
+        # a worker just done with a room may still report itself full for a moment (its
+        # load is the CPU's, on a busy machine): dispatch again then, as a backend does
+        await dispatch_until_joined(livekit_server, agent_name, room_b)
+        await worker.wait_tracks(1)
+        disk.freeze()
+        blocked = await said_and_heard(bob, listener, script_words(6, seed=61))
+        print(f"\nfinal latency, nothing stuck: {[round(s, 3) for s in free]}")
+        print(f"final latency, journal frozen + webhook hanging: {[round(s, 3) for s in blocked]}")
+        median_free, median_blocked = statistics.median(free), statistics.median(blocked)
+        assert median_blocked <= median_free + max(0.25, 0.5 * median_free), (free, blocked)
+        # operators see it (after 5 s on one write)
+        await listener.wait_for(lambda: worker.metric(STALLED_OUTPUTS) == 1, 10)
+        assert webhook.hung and not webhook.received, "the webhook was not hanging meanwhile"
+    finally:
+        disk.thaw()
+
+    # once unstuck, nothing was lost: both meetings' transcripts arrive, whole
+    seen_b = [c.text for c in finals(listener)]
+    await listener.wait_for(lambda: worker.metric(STALLED_OUTPUTS) == 0, 10)
+    for who in (bob, listener):
+        await who.leave()
+    webhook.release()
+    await webhook.wait_received(2, timeout=40)
+    by_room = {r.json["room"]: [s["text"] for s in r.json["segments"]] for r in webhook.received}
+    assert by_room[room_b] == seen_b
+    assert len(by_room[room_a]) == 6
+    await asyncio.sleep(2)
+    assert len(webhook.received) == 2
+    log = worker.log()  # and told once each, in the log
+    assert log.count(STALLED) == 1 and "caption output transcript recovered" in log
     await webhook.stop()

@@ -39,7 +39,11 @@ class WebhookServer:
     port: int = field(default_factory=free_port)
     status: int = 200
     hang: bool = False
+    """Accept each request and never answer it (until `release()`)."""
+    hung: int = 0
+    """Requests held by `hang` so far."""
     received: list[Received] = field(default_factory=list)
+    _released: asyncio.Event = field(default_factory=asyncio.Event)
     _runner: web.AppRunner | None = None
 
     @property
@@ -61,7 +65,10 @@ class WebhookServer:
 
     async def _handle(self, request: web.Request) -> web.Response:
         if self.hang:
-            await asyncio.Event().wait()
+            self.hung += 1
+            await self._released.wait()
+            if request.transport is None or request.transport.is_closing():
+                raise web.HTTPRequestTimeout()  # the sender gave up on this one: not received
         self.received.append(
             Received(
                 body=await request.text(),
@@ -70,6 +77,11 @@ class WebhookServer:
             )
         )
         return web.Response(status=self.status)
+
+    def release(self) -> None:
+        """Stops hanging: held requests still awaited by their sender are answered."""
+        self.hang = False
+        self._released.set()
 
     def verify(self, received: Received, body: str | None = None) -> None:
         """What a backend does, as for LiveKit's own webhooks: raises unless the token is

@@ -155,9 +155,11 @@ class _SinkRunner:
             self.busy_since = None
 
     def check(self, now: float, stall_after: float) -> None:
-        """Logs a stall once when it starts and once when it ends; counts drops."""
+        """Reports a stall once when it starts and once when it ends (log and gauge);
+        counts drops."""
         stalled = self.busy_since is not None and now - self.busy_since > stall_after
         if stalled and not self.stalled:
+            metrics.OUTPUTS_STALLED.labels(sink=self.sink.name).inc()
             logger.warning(
                 "caption output %s is stalled; live captions go on without it (%d waiting)",
                 self.sink.name,
@@ -165,6 +167,7 @@ class _SinkRunner:
                 extra=self._log_extra,
             )
         elif self.stalled and not stalled:
+            metrics.OUTPUTS_STALLED.labels(sink=self.sink.name).dec()
             logger.info("caption output %s recovered", self.sink.name, extra=self._log_extra)
         self.stalled = stalled
         if self.queue.dropped > self._reported_drops:

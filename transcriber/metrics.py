@@ -65,6 +65,12 @@ async def watch_event_loop_lag(interval: float = 0.5) -> None:
         EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval))
 
 
+OUTPUTS_STALLED = Gauge(
+    "transcriber_caption_outputs_stalled",
+    "Caption outputs stuck on one caption for 5 s or more (live captions go on without them)",
+    ["sink"],
+    multiprocess_mode="livesum",
+)
 CAPTIONS_DROPPED = Counter(
     "transcriber_captions_dropped_total",
     "Captions a caption output lost because it fell too far behind (a broken output)",

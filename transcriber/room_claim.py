@@ -16,7 +16,9 @@ Three rules keep exactly one in the room and never interrupt the one already cap
    that happened at the same moment are all listed.
 
 Every check counts only live transcribers: one whose lease lapsed is the ghost of a dead
-process (see `room_lease`), and a takeover dispatch may replace it on any worker.
+process (see `room_lease`), and a takeover dispatch may replace it on any worker. One whose
+lease lapsed and that comes back (frozen, cut off) keeps the room only while no other live
+transcriber is there.
 """
 
 from __future__ import annotations
@@ -78,10 +80,10 @@ def joined_first(transcribers: list[api.ParticipantInfo], identity: str) -> bool
     return all(me <= other for other in order.values())
 
 
-async def still_first(lkapi: api.LiveKitAPI, room: rtc.Room, agent_name: str) -> bool:
-    """Whether this transcriber joined before every other live one in the room."""
-    transcribers = await live_transcribers(lkapi, room.name, agent_name)
-    return joined_first(transcribers, room.local_participant.identity)
+async def alone(lkapi: api.LiveKitAPI, room: rtc.Room, agent_name: str) -> bool:
+    """Whether no live transcriber but this one is in the room."""
+    me = room.local_participant.identity
+    return all(p.identity == me for p in await live_transcribers(lkapi, room.name, agent_name))
 
 
 async def keep_room(

@@ -8,8 +8,8 @@ ghost: the claim checks ignore it, and a takeover removes it (see `takeover`).
 
 The lease also gates publishing (`RoomLease.still_held`, checked by the room's caption
 stream and the translation output): a process frozen past its lease (SIGSTOP,
-a stalled VM) publishes nothing once it runs again until a renewal succeeds, and if another
-transcriber took the room meanwhile it was removed, so no renewal ever does.
+a stalled VM) publishes nothing once it runs again until a renewal succeeds with no other
+live transcriber in the room; if another took the room meanwhile, it leaves instead.
 
 With `TRANSCRIBER_REDIS_URL` (the Redis the LiveKit cluster runs), each renewal also sets
 the room's expiry in one sorted set, so any worker finds every lapsed lease with one query
@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import aiohttp
 from livekit import api, rtc
@@ -69,22 +70,42 @@ class LeaseIndex:
     async def release(self, room: str) -> None:
         await self._redis.zrem(self._key, room)
 
-    async def claim_lapsed(self, at_ms: int, *, limit: int = 20) -> list[str]:
-        rooms = await self._redis.zrangebyscore(self._key, "-inf", at_ms, start=0, num=limit)
+    async def claim_lapsed(self, at_ms: int, *, limit: int = 20) -> list[tuple[str, int]]:
+        """The rooms whose lease lapsed by `at_ms`, with when it lapsed, now this worker's."""
+        rooms = await self._redis.zrangebyscore(
+            self._key, "-inf", at_ms, start=0, num=limit, withscores=True
+        )
         claimed = []
-        for room in rooms:
+        for room, lapsed_at in cast(list[tuple[bytes, float]], rooms):
             name = room.decode() if isinstance(room, bytes) else str(room)
             if await self._redis.zrem(self._key, name):
-                claimed.append(name)
+                claimed.append((name, int(lapsed_at)))
         return claimed
 
     async def aclose(self) -> None:
         await self._redis.aclose()
 
 
+_MEETING_OVER = frozenset(
+    {
+        rtc.DisconnectReason.ROOM_DELETED,
+        rtc.DisconnectReason.ROOM_CLOSED,
+        rtc.DisconnectReason.PARTICIPANT_REMOVED,
+    }
+)
+"""Disconnections after which the room needs no transcriber from us (the backend ended the
+meeting or removed us); any other (a dead node, a lost connection) leaves the index entry
+to lapse, so another worker checks the room."""
+
+
 class RoomLease:
     """Held by the job captioning a room: renews the lease until `aclose()`, and calls
-    `on_lost` once the server says this transcriber is no longer in the room."""
+    `on_lost` once the server says this transcriber is no longer in the room.
+
+    `aclose()` takes the room out of the lease index only when the meeting is over for this
+    transcriber (`meeting_over()`, or a disconnection in `_MEETING_OVER`). A job that ends
+    because it was cut off or its worker stops leaves the entry to lapse: the sweep then
+    gives the room a new transcriber if anyone is still, or soon again, there."""
 
     def __init__(
         self,
@@ -93,18 +114,28 @@ class RoomLease:
         *,
         ttl: float,
         index: LeaseIndex | None,
-        still_first: Callable[[], Awaitable[bool]],
+        alone: Callable[[], Awaitable[bool]],
         on_lost: Callable[[], None],
     ) -> None:
-        """`still_first` asks the server whether this transcriber is still the room's one."""
+        """`alone` asks the server whether no other live transcriber is in the room."""
         self._lkapi = lkapi
-        self._still_first_check = still_first
+        self._alone_check = alone
         self._room = room
         self._ttl = ttl
         self._index = index
         self._on_lost = on_lost
         self._valid_until = time.monotonic() + ttl
         self._task: asyncio.Task[None] | None = None
+        self._meeting_over = False
+        room.on("disconnected", self._on_disconnected)
+
+    def meeting_over(self) -> None:
+        """The room needs no transcriber any more (it emptied)."""
+        self._meeting_over = True
+
+    def _on_disconnected(self, reason: rtc.DisconnectReason.ValueType) -> None:
+        if reason in _MEETING_OVER:
+            self._meeting_over = True
 
     def still_held(self) -> bool:
         """Monotonic time runs on while a process is stopped, so this turns False the
@@ -120,10 +151,11 @@ class RoomLease:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             if self._index is not None:
-                try:
-                    await self._index.release(self._room.name)
-                except self._index.errors as e:  # the sweep then finds a room to check
-                    logger.warning("could not release the room's lease index entry (%s)", e)
+                if self._meeting_over and self.still_held():  # else it is not ours to end
+                    try:
+                        await self._index.release(self._room.name)
+                    except self._index.errors as e:  # the sweep then finds a room to check
+                        logger.warning("could not release the room's lease index entry (%s)", e)
                 await self._index.aclose()
 
     async def _renew_forever(self) -> None:
@@ -137,7 +169,7 @@ class RoomLease:
                 missing += 1
             elif outcome == "renewed":
                 missing = 0
-                if lapsed and not await self._still_first():
+                if lapsed and not await self._alone():
                     missing = 2
                 else:
                     self._valid_until = started + self._ttl
@@ -151,11 +183,12 @@ class RoomLease:
     def _connected(self) -> bool:
         return self._room.connection_state == rtc.ConnectionState.CONN_CONNECTED
 
-    async def _still_first(self) -> bool:
-        """After a lapse (frozen, or cut off), a transcriber that took over meanwhile
-        joined before this one came back, and keeps the room."""
+    async def _alone(self) -> bool:
+        """After a lapse (frozen, or cut off) this transcriber gave up its claim: any other
+        live one took over meanwhile and keeps the room, even if removing this one failed.
+        (Should both step aside, the room's index entry lapses and the sweep dispatches.)"""
         try:
-            return await self._still_first_check()
+            return await self._alone_check()
         except (api.TwirpError, asyncio.TimeoutError, aiohttp.ClientError):
             return False  # not sure: stay silent and ask again at the next renewal
 

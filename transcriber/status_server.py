@@ -1,8 +1,9 @@
 """Operations endpoints on `TRANSCRIBER_METRICS_PORT`, beside the worker's own health port.
 
 - `/metrics`: Prometheus, summed over every job process (livekit-agents' handler);
-- `/ready`: 200 once the worker is registered with LiveKit and not draining, else 503 —
-  the worker's own `GET /` answers 200 from the moment it starts, before it can take rooms.
+- `/ready`: 200 while the worker is registered with LiveKit and not draining, else 503
+  (also while it reconnects after losing LiveKit) — the worker's own `GET /` answers 200
+  from the moment it starts, before it can take rooms.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 
 from aiohttp import web
 from livekit.agents import AgentServer
@@ -20,8 +22,16 @@ logger = logging.getLogger(__name__)
 
 
 class StatusServer:
-    def __init__(self, server: AgentServer, *, port: int, host: str = "0.0.0.0") -> None:
+    def __init__(
+        self,
+        server: AgentServer,
+        *,
+        port: int,
+        connected: Callable[[], bool],
+        host: str = "0.0.0.0",
+    ) -> None:
         self._server = server
+        self._connected = connected
         self._registered = False
         self._http = HttpServer(host, port)
         self._http.app.add_routes([web.get("/metrics", _metrics), web.get("/ready", self._ready)])
@@ -49,6 +59,8 @@ class StatusServer:
     async def _ready(self, _: web.Request) -> web.Response:
         if not self._registered:
             return web.Response(status=503, text="not registered with LiveKit yet")
+        if not self._connected():
+            return web.Response(status=503, text="lost LiveKit, reconnecting")
         if self._server.draining:
             return web.Response(status=503, text="draining")
         return web.Response(text="ready")

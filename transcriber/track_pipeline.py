@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from livekit import rtc
 from livekit.agents import stt, utils
@@ -73,6 +74,33 @@ class TrackUsage:
         return fields
 
 
+def own_frames_only(stream: rtc.AudioStream) -> rtc.AudioStream:
+    """Has the rtc SDK hand `stream` its own frames only.
+
+    The SDK puts every audio frame of the process in the queue of every `AudioStream`, one
+    event-loop wake-up each, and each stream drops the others' frames: N tracks cost N²
+    wake-ups. In the capacity benchmark at 8 tracks that delivery was a fifth of a job
+    process's samples (py-spy). This narrows the stream's subscription to its own handle;
+    tests/test_livekit_internals.py fails if an SDK upgrade changes what it relies on.
+    """
+    from livekit.rtc._ffi_client import FfiClient
+
+    handle = stream._ffi_handle.handle
+
+    def own(event: Any) -> bool:
+        return bool(
+            event.WhichOneof("message") == "audio_stream_event"
+            and event.audio_stream_event.stream_handle == handle
+        )
+
+    queue = FfiClient.instance.queue
+    with queue._lock:
+        for i, (subscriber, loop, _) in enumerate(queue._subscribers):
+            if subscriber is stream._ffi_queue:
+                queue._subscribers[i] = (subscriber, loop, own)
+    return stream
+
+
 class TrackPipeline:
     """Runs while its track is subscribed; `aclose()` ends the input, lets the STT publish
     its last final (bounded by `drain_timeout`), then releases everything.
@@ -106,11 +134,13 @@ class TrackPipeline:
         self._captions = captions
         self.finals = 0
         self.usage = TrackUsage()
-        self._audio = rtc.AudioStream.from_track(
-            track=track,
-            sample_rate=options.sample_rate,
-            num_channels=1,
-            frame_size_ms=options.frame_size_ms,
+        self._audio = own_frames_only(
+            rtc.AudioStream.from_track(
+                track=track,
+                sample_rate=options.sample_rate,
+                num_channels=1,
+                frame_size_ms=options.frame_size_ms,
+            )
         )
         self._gate = SpeechGate(vad, options.gate) if options.gate is not None else None
         self._track_clock = _ArrivalClock()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .captions import Caption, clean_label
@@ -65,6 +65,46 @@ class Transcript:
         """`<room>-<started_at>`, safe as a file name whatever the room is called."""
         room = _UNSAFE_FILE_CHARS.sub("_", self.room).strip("._")[:100] or "room"
         return f"{room}-{_utc(self.started_at).strftime('%Y%m%dT%H%M%SZ')}"
+
+    def including(self, earlier: dict[str, Any]) -> Transcript:
+        """This transcript with an earlier part of the same meeting (that part's JSON), as
+        when a transcriber took over from one that died: each segment once, in time order."""
+
+        def segments(items: list[dict[str, Any]]) -> list[TranscriptSegment]:
+            return [
+                TranscriptSegment(
+                    id=str(i["id"]),
+                    speaker_identity=str(i["speaker_identity"]),
+                    speaker_name=str(i["speaker_name"]),
+                    track_sid=str(i["track_sid"]),
+                    language=str(i["language"]),
+                    start=self.started_at + float(i["start"]),
+                    end=self.started_at + float(i["end"]),
+                    text=str(i["text"]),
+                    source_id=str(i.get("source_id", "")),
+                )
+                for i in items
+            ]
+
+        def union(
+            old: list[TranscriptSegment], new: list[TranscriptSegment]
+        ) -> list[TranscriptSegment]:
+            ids = {s.id for s in new}
+            return sorted([s for s in old if s.id not in ids] + new, key=lambda s: s.start)
+
+        earlier_translations = earlier.get("translations", {})
+        languages = {*earlier_translations, *self.translations}
+        return replace(
+            self,
+            segments=union(segments(earlier["segments"]), self.segments),
+            translations={
+                language: union(
+                    segments(earlier_translations.get(language, [])),
+                    self.translations.get(language, []),
+                )
+                for language in sorted(languages)
+            },
+        )
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {

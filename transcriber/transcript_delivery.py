@@ -18,6 +18,7 @@ import asyncio
 import base64
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import time
@@ -212,8 +213,16 @@ def sign(body: str, *, api_key: str, api_secret: str) -> str:
 
 
 def write_files(transcript: Transcript, directory: Path) -> list[Path]:
-    """`<room>-<started_at>.{vtt,txt,json}`, each written atomically (0600)."""
+    """`<room>-<started_at>.{vtt,txt,json}`, each written atomically (0600). A meeting
+    whose transcriber was replaced ends in several parts with the same name: each part
+    adds to the files the earlier ones wrote."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    earlier = directory / f"{transcript.file_stem}.json"
+    if earlier.exists():
+        try:
+            transcript = transcript.including(json.loads(earlier.read_text(encoding="utf-8")))
+        except (ValueError, KeyError, TypeError) as e:
+            logger.warning("replacing an unreadable transcript %s (%s)", earlier.name, e)
     written = []
     for suffix, text in (
         (".vtt", transcript.to_webvtt()),

@@ -27,7 +27,7 @@ from . import metrics
 from .caption_outputs import LegacyMode, LegacyOutput, TextStreamOutput
 from .caption_stream import CaptionSink
 from .languages import LanguagePolicy
-from .room_claim import RoomClaims, keep_room, still_first, transcriber_in_room
+from .room_claim import RoomClaims, alone, keep_room, transcriber_in_room
 from .room_lease import LeaseIndex, RoomLease
 from .room_manager import RoomManager, RoomOptions
 from .settings import Settings
@@ -91,9 +91,10 @@ def build_server(settings: Settings) -> AgentServer:
         preload_modules=["transcriber.forkserver_signals"],
         max_retry=RECONNECTS_UNBOUNDED,  # an unreachable LiveKit may come back: keep trying
     )
-    logging.getLogger("livekit.agents").addFilter(OutageLogFilter())
+    outages = OutageLogFilter()
+    logging.getLogger("livekit.agents").addFilter(outages)
     if settings.metrics_port:
-        StatusServer(server, port=settings.metrics_port)
+        StatusServer(server, port=settings.metrics_port, connected=outages.connected)
     if settings.transcript_enabled:
         outbox = TranscriptOutbox(
             DeliveryOptions(
@@ -122,7 +123,11 @@ def build_server(settings: Settings) -> AgentServer:
         lease_ttl=settings.lease_ttl,
     )
     Takeover(
-        server, agent_name=settings.agent_name, api_args=api_args, redis_url=settings.redis_url
+        server,
+        agent_name=settings.agent_name,
+        api_args=api_args,
+        lease_ttl=settings.lease_ttl,
+        redis_url=settings.redis_url,
     )
     server.rtc_session(
         entrypoint,
@@ -140,7 +145,8 @@ left to retry, every 10 s."""
 
 
 class OutageLogFilter(logging.Filter):
-    """One log line when LiveKit is lost, one when it is back, not one per retry.
+    """One log line when LiveKit is lost, one when it is back, not one per retry; and
+    whether the worker is connected now, for `/ready`.
 
     livekit-agents has no event for either: its log messages are matched here, the one
     place that relies on their wording (tests/test_worker_ops_e2e.py fails if it changes).
@@ -152,6 +158,10 @@ class OutageLogFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._lost = False
+
+    def connected(self) -> bool:
+        """False from a lost connection until the worker is registered again."""
+        return not self._lost
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -246,14 +256,21 @@ async def entrypoint(ctx: JobContext) -> None:
         ctx.room,
         ttl=settings.lease_ttl,
         index=LeaseIndex(settings.redis_url, settings.agent_name) if settings.redis_url else None,
-        still_first=lambda: still_first(ctx.api, ctx.room, settings.agent_name),
+        alone=lambda: alone(ctx.api, ctx.room, settings.agent_name),
         on_lost=lambda: ctx.shutdown("lost the room"),
     )
     lease.start()
     ctx.proc.userdata["lease"] = lease
-    await remove_ghosts(
-        ctx.api, room_name, settings.agent_name, me=ctx.room.local_participant.identity
+    # in the background: removing a ghost whose node died takes seconds to fail
+    ctx.proc.userdata["ghosts"] = asyncio.create_task(
+        remove_ghosts(
+            ctx.api, room_name, settings.agent_name, me=ctx.room.local_participant.identity
+        )
     )
+
+    def leave_empty_room() -> None:
+        lease.meeting_over()
+        ctx.shutdown("room empty")
 
     manager = RoomManager(
         ctx.room,
@@ -262,7 +279,7 @@ async def entrypoint(ctx: JobContext) -> None:
         room_options(settings),
         sinks=await caption_sinks(settings, ctx, may_publish=lease.still_held),
         may_publish=lease.still_held,
-        on_empty=lambda: ctx.shutdown("room empty"),
+        on_empty=leave_empty_room,
         worker_tracks=active_tracks_in_worker,
     )
     ctx.proc.userdata["room_manager"] = manager
@@ -357,8 +374,9 @@ async def close_room(ctx: JobContext) -> None:
     if manager is not None:
         await manager.aclose()
         metrics.ACTIVE_ROOMS.dec()
-    if (lag_watch := ctx.proc.userdata.pop("lag_watch", None)) is not None:
-        await utils.aio.cancel_and_wait(lag_watch)
+    for task_name in ("lag_watch", "ghosts"):
+        if (task := ctx.proc.userdata.pop(task_name, None)) is not None:
+            await utils.aio.cancel_and_wait(task)
     lease: RoomLease | None = ctx.proc.userdata.pop("lease", None)
     if lease is not None:
         await lease.aclose()
