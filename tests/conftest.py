@@ -52,6 +52,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if leaks:
         print("\n".join(["", "SECRET LEAKED IN LOGS:", *leaks]), file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    _FINISHED.append(session)
+
+
+_FINISHED: list[pytest.Session] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave with the run's status before the interpreter finalizes. The rtc SDK's native
+    runtime lives in this process (the test participants) and its threads can still call
+    back into Python while the interpreter shuts down, which aborts it (SIGABRT, exit 134)
+    after every test has passed. By now every fixture is torn down and the report written;
+    a crash during the run still shows, with pytest's faulthandler stacks."""
+    if _FINISHED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(_FINISHED[0].exitstatus))
 
 
 _TEST_SECRETS: set[str] = set()
