@@ -73,6 +73,23 @@ def test_a_decode_is_asked_once_per_interval_of_speech_and_finals_come_at_the_pa
     assert [e.type for e in events][-1] == Kind.END_OF_SPEECH
 
 
+def test_an_utterance_is_decoded_more_often_until_it_shows_its_first_words() -> None:
+    p = processor(interim_interval=0.5)
+    speak(p, 0.3, voiced=True)
+    assert p.process() is None
+    speak(p, 0.35, voiced=True)
+    opening = p.process()  # 0.3 s after the padding, not 0.5
+    assert opening is not None and opening.opening
+    p.take(opening, Transcript(words("good morning", start=0.0), "en"))
+    assert texts(p.take_events(), Kind.INTERIM_TRANSCRIPT) == ["good"]
+
+    speak(p, 0.35, voiced=True)
+    assert p.process() is None  # words are shown: back to the interim interval
+    speak(p, 0.2, voiced=True)
+    later = p.process()
+    assert later is not None and not later.opening
+
+
 def interim_round(p: StreamProcessor, heard: list[Word]) -> Decode:
     speak(p, 0.5, voiced=True)
     decode = p.process()

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from livekit.plugins.local_whisper import Job, Scheduler, SchedulerFull, Transcript, Word
+from livekit.plugins.local_whisper import Job, Priority, Scheduler, SchedulerFull, Transcript, Word
 
 
 class GatedBackend:
@@ -93,11 +93,25 @@ async def test_a_final_goes_before_waiting_interims(
     busy = scheduler.submit("a", job("a1"))
     await started(backend)
     interim = scheduler.submit("b", job("b-interim"))
-    final = scheduler.submit("c", job("c-final"), urgent=True)
+    final = scheduler.submit("c", job("c-final"), priority=Priority.FINAL)
     backend.gate.set()
     await asyncio.gather(busy, interim, final)
 
     assert backend.decoded == ["a1", "c-final", "b-interim"]
+
+
+async def test_an_utterance_that_shows_nothing_yet_goes_before_those_already_shown(
+    scheduler: Scheduler, backend: GatedBackend
+) -> None:
+    busy = scheduler.submit("a", job("a1"))
+    await started(backend)
+    shown = scheduler.submit("b", job("b-interim"))
+    opening = scheduler.submit("c", job("c-opening"), priority=Priority.OPENING)
+    final = scheduler.submit("d", job("d-final"), priority=Priority.FINAL)
+    backend.gate.set()
+    await asyncio.gather(busy, shown, opening, final)
+
+    assert backend.decoded == ["a1", "d-final", "c-opening", "b-interim"]
 
 
 async def test_the_queue_refuses_streams_beyond_its_bound(
@@ -111,7 +125,7 @@ async def test_the_queue_refuses_streams_beyond_its_bound(
         scheduler.submit("e", job("e"))
     # a stream that already waits may still replace its request, and finals always queue
     waiting.append(scheduler.submit("b", job("b2")))
-    waiting.append(scheduler.submit("f", job("f-final"), urgent=True))
+    waiting.append(scheduler.submit("f", job("f-final"), priority=Priority.FINAL))
 
     backend.gate.set()
     await asyncio.gather(busy, *waiting[1:])
@@ -201,7 +215,7 @@ async def test_a_final_leads_its_batch(batching: Scheduler, backend: GatedBacken
     busy = batching.submit("a", job("a1"))
     await started(backend)
     interims = [batching.submit(name, job(name)) for name in ("b", "c", "d", "e")]
-    final = batching.submit("f", job("f-final"), urgent=True)
+    final = batching.submit("f", job("f-final"), priority=Priority.FINAL)
     backend.gate.set()
     await asyncio.gather(busy, final, *interims)
 

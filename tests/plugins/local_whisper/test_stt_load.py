@@ -145,7 +145,9 @@ async def test_a_long_speaker_does_not_delay_the_others_finals(vad: silero.VAD) 
 async def test_a_stream_that_falls_behind_real_time_is_counted_and_still_gets_its_finals(
     vad: silero.VAD,
 ) -> None:
-    backend = ScriptedBackend(delay=2.5)
+    # up to two decodes' worth of speech waits (9 s): more than the stretched cadence
+    # explains (4 intervals of at most 2 s)
+    backend = ScriptedBackend(delay=4.5)
     speech = scripted_stt(vad, backend)
     c = long_speech(12)
 

@@ -17,7 +17,7 @@ from .backend import (
 )
 from .policy import LocalAgreement
 from .processor import StreamProcessor
-from .scheduler import Scheduler, SchedulerFull
+from .scheduler import Priority, Scheduler, SchedulerFull
 from .stt import STT, SpeechStream, STTOptions
 from .version import __version__
 
@@ -35,6 +35,7 @@ __all__ = [
     "LocalAgreement",
     "Scheduler",
     "SchedulerFull",
+    "Priority",
     "DEFAULT_MODEL",
     "MODEL_ENV",
     "__version__",

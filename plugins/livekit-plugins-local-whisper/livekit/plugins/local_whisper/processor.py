@@ -25,6 +25,7 @@ from livekit.agents.types import TimedString
 
 from .backend import AUTO_LANGUAGE, SAMPLE_RATE, Job, Lead, Transcript, Word, join_words
 from .policy import LocalAgreement
+from .scheduler import Priority
 from .segmenter import Segmenter
 
 PREFIX_PADDING = int(0.3 * SAMPLE_RATE)
@@ -46,6 +47,9 @@ _TENTATIVE_TAIL = 0.25
 first half of a longer one ("Go" of "Good morning")."""
 _MAX_INTERVAL_FACTOR = 4.0
 """Under load the interim cadence stretches to at most this many `interim_interval`s."""
+_OPENING_FACTOR = 0.6
+"""Until an utterance shows its first words, decodes come this much more often: the first
+words wait for a decode with audio after them, and a reader waits for the first words most."""
 
 DecodeKind = Literal["interim", "candidate", "final", "cut"]
 
@@ -63,9 +67,18 @@ class Decode:
     """Where the job's audio starts, in seconds of the utterance."""
     utterance: _Utterance
 
+    opening: bool = False
+    """An interim of an utterance that shows nothing yet."""
+
     @property
     def urgent(self) -> bool:
         return self.kind != "interim"
+
+    @property
+    def priority(self) -> Priority:
+        if self.urgent:
+            return Priority.FINAL
+        return Priority.OPENING if self.opening else Priority.INTERIM
 
 
 class _Utterance:
@@ -281,8 +294,9 @@ class StreamProcessor:
             segment.candidate_result = None
             segment.candidate = self._ask("candidate", utterance, segment.pause + SUFFIX_PADDING)
             return segment.candidate
+        interval = self.interval if utterance.shown else self.interval * _OPENING_FACTOR
         if self._pending is None and self._scored >= segment.decoded_until + int(
-            self.interval * SAMPLE_RATE
+            interval * SAMPLE_RATE
         ):
             return self._ask("interim", utterance, self._scored)
         return None
@@ -305,7 +319,8 @@ class StreamProcessor:
             audio = self._audio.slice(utterance.window_start, until)
             job = Job(audio, policy.prompt(), language=utterance.language)
             window_start = policy.window_start
-        self._pending = Decode(kind, job, until, window_start, utterance)
+        opening = kind == "interim" and not utterance.shown
+        self._pending = Decode(kind, job, until, window_start, utterance, opening)
         return self._pending
 
     def _update(self, segment: _Segment, decode: Decode, transcript: Transcript) -> None:

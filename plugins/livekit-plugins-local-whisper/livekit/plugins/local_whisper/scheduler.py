@@ -2,8 +2,8 @@
 
 Each stream has at most one request waiting; a newer one from the same stream takes the
 older one's place in the queue (and its turn), because only the freshest audio matters.
-Streams are served in turn, so a busy speaker cannot starve a quiet one, and requests
-marked urgent (a final at the end of an utterance) go before interim ones.
+Streams are served in turn within a priority, so a busy speaker cannot starve a quiet one:
+finals go first, then the first interims of utterances that show nothing yet, then the rest.
 
 A worker takes the requests that are due as one batch (its share of the queue, at most
 `max_batch`): the model encodes and decodes a batch in one call, which costs much less
@@ -21,6 +21,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Protocol
 
 from .backend import Job, Transcript
@@ -29,6 +30,16 @@ from .log import logger
 
 class Backend(Protocol):
     def transcribe_batch(self, jobs: Sequence[Job]) -> list[Transcript]: ...
+
+
+class Priority(IntEnum):
+    """Which waiting requests go first: the lowest, in turn within each."""
+
+    FINAL = 0
+    """The end of an utterance (or a final at a pause): what readers keep."""
+    OPENING = 1
+    """An interim of an utterance that shows nothing yet: its reader waits the most."""
+    INTERIM = 2
 
 
 class SchedulerFull(Exception):
@@ -42,7 +53,7 @@ class SchedulerFull(Exception):
 @dataclass(eq=False)
 class _Request:
     job: Job
-    urgent: bool
+    priority: Priority
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Transcript]
 
@@ -75,16 +86,17 @@ class Scheduler:
         stream: Hashable,
         job: Job,
         *,
-        urgent: bool = False,
+        priority: Priority = Priority.INTERIM,
     ) -> asyncio.Future[Transcript]:
         """Queue a decode for `stream`; a request it still has waiting is cancelled."""
         loop = asyncio.get_running_loop()
-        request = _Request(job, urgent, loop, loop.create_future())
+        request = _Request(job, priority, loop, loop.create_future())
         with self._lock:
             if self._closed:
                 raise RuntimeError("scheduler is closed")
             replaced = self._queue.get(stream)
-            if replaced is None and not urgent and len(self._queue) >= self._max_waiting:
+            full = len(self._queue) >= self._max_waiting
+            if replaced is None and priority != Priority.FINAL and full:
                 raise SchedulerFull(f"{len(self._queue)} streams are already waiting")
             self._queue[stream] = request
             if not self._threads:
@@ -131,7 +143,7 @@ class Scheduler:
                 thread.join()
 
     def _next(self) -> list[_Request]:
-        """The next batch: urgent requests first, then in turn; this worker's share."""
+        """The next batch: by priority, in turn within each; this worker's share."""
         with self._lock:
             while not self._queue and not self._closed:
                 self._lock.wait()
@@ -141,8 +153,7 @@ class Scheduler:
             idle = self._workers - self._busy
             size = min(self._max_batch, -(-len(self._queue) // max(idle, 1)))
             self._busy += 1
-            urgent = [k for k, r in self._queue.items() if r.urgent]
-            streams = (urgent + [k for k, r in self._queue.items() if not r.urgent])[:size]
+            streams = sorted(self._queue, key=lambda k: self._queue[k].priority)[:size]
             return [self._queue.pop(stream) for stream in streams]
 
     def _work(self) -> None:

@@ -44,7 +44,7 @@ from .backend import (
 )
 from .log import logger
 from .processor import Decode, ProcessorOptions, StreamProcessor, speech_data
-from .scheduler import Scheduler, SchedulerFull
+from .scheduler import Priority, Scheduler, SchedulerFull
 
 _FLUSH_WAIT = 0.2
 _BEHIND = 3.0
@@ -190,7 +190,7 @@ class STT(stt.STT[None]):
             check_languages(self._opts.model, [language])
             code = whisper_language(language)
         job = Job(_to_float(frame), language=code)
-        heard = await self._scheduler.submit(object(), job, urgent=True)
+        heard = await self._scheduler.submit(object(), job, priority=Priority.FINAL)
         return stt.SpeechEvent(
             type=stt.SpeechEventType.FINAL_TRANSCRIPT,
             alternatives=[speech_data(heard.words, heard.language, offset=0.0)]
@@ -291,7 +291,7 @@ class SpeechStream(stt.RecognizeStream):
         processor.time_offset = self.start_time_offset
         while (decode := processor.process()) is not None:
             try:
-                future = self._scheduler.submit(self, decode.job, urgent=decode.urgent)
+                future = self._scheduler.submit(self, decode.job, priority=decode.priority)
             except SchedulerFull:
                 logger.warning("whisper is overloaded: skipping an interim transcript")
                 processor.skip(decode)
