@@ -20,6 +20,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,14 +78,14 @@ def test_image_steps_install_download_models_start_and_pass_the_healthcheck(
     image.run_build_stage(build, python)
     image.run_final_stage(final, user)
 
-    http_port = free_port()
+    http_port, metrics_port = free_port(), free_port()
     env = image.env | {
         "LIVEKIT_URL": livekit_server.url,
         "LIVEKIT_API_KEY": livekit_server.api_key,
         "LIVEKIT_API_SECRET": livekit_server.api_secret,
         "TRANSCRIBER_AGENT_NAME": agent_name,
         "TRANSCRIBER_HTTP_PORT": str(http_port),
-        "TRANSCRIBER_METRICS_PORT": str(free_port()),
+        "TRANSCRIBER_METRICS_PORT": str(metrics_port),
     }
     healthcheck = final.healthcheck()
     assert image.run_as_user(healthcheck.command, env, user, timeout=30).returncode != 0, (
@@ -103,8 +104,11 @@ def test_image_steps_install_download_models_start_and_pass_the_healthcheck(
             **user.popen_kwargs(),
         )
     try:
-        registered = wait_for_line(worker, log_path, "registered worker", timeout=60)
-        assert json.loads(registered)["message"] == "registered worker"  # JSON logs in `start`
+        wait_ready(worker, metrics_port, log_path, timeout=60)
+        registered = [
+            line for line in log_path.read_text().splitlines() if "registered worker" in line
+        ]
+        assert json.loads(registered[0])["message"] == "registered worker"  # JSON logs in `start`
 
         check = image.run_as_user(healthcheck.command, env, user, timeout=healthcheck.timeout)
         assert check.returncode == 0, f"HEALTHCHECK failed: {check.stdout}{check.stderr}"
@@ -127,17 +131,21 @@ def image_root() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def wait_for_line(process: subprocess.Popen[bytes], log: Path, text: str, timeout: float) -> str:
+def wait_ready(process: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:
+    """Until the worker's `/ready` answers 200, as an orchestrator's readiness probe sees it."""
     deadline = time.monotonic() + timeout
     while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:  # not listening yet, or 503 until registered with LiveKit
+            pass
         content = log.read_text(errors="replace")
-        for line in content.splitlines():
-            if text in line:
-                return line
         if process.poll() is not None:
             raise AssertionError(f"worker exited with {process.returncode}:\n{content[-3000:]}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"no {text!r} in {timeout:.0f} s:\n{content[-3000:]}")
+            raise AssertionError(f"not ready in {timeout:.0f} s:\n{content[-3000:]}")
         time.sleep(0.2)
 
 
