@@ -50,6 +50,9 @@ _MAX_INTERVAL_FACTOR = 4.0
 _OPENING_FACTOR = 0.6
 """Until an utterance shows its first words, decodes come this much more often: the first
 words wait for a decode with audio after them, and a reader waits for the first words most."""
+_EAGER_OPENING_FACTOR = 0.4
+"""And more often still, as soon as the last decode is back, while decodes come back fast:
+only then does an extra decode cost the other streams next to nothing."""
 
 DecodeKind = Literal["interim", "candidate", "final", "cut"]
 
@@ -150,6 +153,8 @@ class StreamProcessor:
         self._input_done = False
         self.interval = opts.interim_interval
         """Seconds of new speech between interim decodes; longer while decodes are slow."""
+        self._latency = 0.0
+        """How long the last interim decode took, from request to result."""
         self.time_offset = 0.0
         """Added to every time in the events (the stream's start_time_offset)."""
 
@@ -251,6 +256,7 @@ class StreamProcessor:
         """How long an interim took from request to result: decode less often when slow."""
         base = self._opts.interim_interval
         self.interval = min(max(base, seconds), _MAX_INTERVAL_FACTOR * base)
+        self._latency = seconds
 
     def take_events(self) -> list[stt.SpeechEvent]:
         events, self._events = self._events, []
@@ -294,7 +300,10 @@ class StreamProcessor:
             segment.candidate_result = None
             segment.candidate = self._ask("candidate", utterance, segment.pause + SUFFIX_PADDING)
             return segment.candidate
-        interval = self.interval if utterance.shown else self.interval * _OPENING_FACTOR
+        interval = self.interval
+        if not utterance.shown:
+            eager = self._latency < self.interval * _EAGER_OPENING_FACTOR
+            interval *= _EAGER_OPENING_FACTOR if eager else _OPENING_FACTOR
         if self._pending is None and self._scored >= segment.decoded_until + int(
             interval * SAMPLE_RATE
         ):
