@@ -45,6 +45,10 @@ TENTATIVE_PROBABILITY = 0.5
 _TENTATIVE_TAIL = 0.25
 """...and it ends this long before the decoded audio does: the last word heard may be the
 first half of a longer one ("Go" of "Good morning")."""
+_TENTATIVE_MIN_AUDIO = 1.0
+"""...and the utterance is this long: decoded from less, the model guesses a whole word from
+a syllable ("Moroth" for "Good morning") and is sure of it. Two decodes that agree on a
+word still show it sooner."""
 _MAX_INTERVAL_FACTOR = 4.0
 """Under load the interim cadence stretches to at most this many `interim_interval`s."""
 _OPENING_FACTOR = 0.6
@@ -419,6 +423,8 @@ class StreamProcessor:
 
 def _trusted(tentative: tuple[Word, ...], heard: float) -> list[Word]:
     """The unconfirmed words worth showing: sure ones, with audio after them."""
+    if heard < _TENTATIVE_MIN_AUDIO:
+        return []
     shown: list[Word] = []
     for word in tentative:
         if word.probability < TENTATIVE_PROBABILITY or word.end > heard - _TENTATIVE_TAIL:
