@@ -55,8 +55,8 @@ _OPENING_FACTOR = 0.6
 """Until an utterance shows its first words, decodes come this much more often: the first
 words wait for a decode with audio after them, and a reader waits for the first words most."""
 _EAGER_OPENING_FACTOR = 0.4
-"""And more often still, as soon as the last decode is back, while decodes come back fast:
-only then does an extra decode cost the other streams next to nothing."""
+"""And at this fraction while the last decode came back within it: the model is idle, so an
+extra decode costs the other streams next to nothing."""
 
 DecodeKind = Literal["interim", "candidate", "final", "cut"]
 
