@@ -46,28 +46,10 @@ class Sent:
 
 
 @dataclass
-class Writer:
-    sent: Sent
-    outbox: list[Sent]
-
-    async def write(self, text: str) -> None:
-        self.sent.text += text
-
-    async def aclose(self) -> None:
-        self.outbox.append(self.sent)
-
-
-@dataclass
 class LocalParticipant:
     identity: str = "transcriber"
     streams: list[Sent] = field(default_factory=list)
     legacy: list[rtc.Transcription] = field(default_factory=list)
-
-    async def stream_text(self, **kwargs: Any) -> Writer:
-        sent = Sent(
-            "", kwargs["sender_identity"], kwargs["destination_identities"], kwargs["attributes"]
-        )
-        return Writer(sent, self.streams)
 
     async def publish_transcription(self, transcription: rtc.Transcription) -> None:
         self.legacy.append(transcription)
@@ -89,11 +71,23 @@ class Room:
         pass
 
 
+async def send(
+    participant: LocalParticipant,
+    text: str,
+    *,
+    sender_identity: str,
+    attributes: dict[str, str],
+    to: str | None,
+) -> None:
+    """`caption_outputs.send_text` as the room would see it."""
+    participant.streams.append(Sent(text, sender_identity, [to] if to else None, attributes))
+
+
 async def test_history_is_sent_only_to_the_joiner_and_not_at_all_when_off() -> None:
     for history in (2, 0):
         room = Room()
         outputs = [
-            TextStreamOutput(room, history_finals=history),  # type: ignore[arg-type]
+            TextStreamOutput(room, history_finals=history, send=send),  # type: ignore[arg-type]
             LegacyOutput(
                 room,  # type: ignore[arg-type]
                 mode=LegacyMode.STABLE,

@@ -48,3 +48,16 @@ def test_an_audio_stream_still_subscribes_to_the_process_wide_queue_with_a_filte
     assert "self._ffi_handle" in inspect.getsource(AudioStream)
     put = inspect.getsource(FfiQueue.put)
     assert "for queue, loop, filter_fn in self._subscribers" in put and "self._lock" in put
+
+
+def test_a_text_stream_can_still_be_sent_in_one_request_on_behalf_of_a_speaker() -> None:
+    """`caption_outputs.send_text` builds the SDK's own send_text request, with a sender."""
+    from livekit.rtc._ffi_client import FfiQueue
+    from livekit.rtc._proto import ffi_pb2
+
+    send_text = ffi_pb2.FfiRequest().send_text
+    assert "local_participant_handle" in send_text.DESCRIPTOR.fields_by_name
+    options = set(send_text.options.DESCRIPTOR.fields_by_name)
+    assert {"topic", "attributes", "destination_identities", "sender_identity"} <= options
+    assert "async_id" in ffi_pb2.FfiResponse().send_text.DESCRIPTOR.fields_by_name
+    assert "filter_fn" in inspect.signature(FfiQueue.subscribe).parameters

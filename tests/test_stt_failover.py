@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from livekit import rtc
 from livekit.agents import APIConnectionError, APIStatusError, stt
+from prometheus_client import REGISTRY
 
 from tests.tone_stt import SAMPLE_RATE, ToneSTT, ToneStream, utterance_audio
 from transcriber.stt_failover import FailoverOptions, FailoverSTT, FailoverStream
@@ -296,6 +297,29 @@ async def _languages_of_finals(stream: FailoverStream) -> list[tuple[str, str]]:
         if event.type == stt.SpeechEventType.FINAL_TRANSCRIPT
     ]
 
+
+
+async def test_every_second_sent_reaches_the_billing_metric_by_the_end_of_the_stream() -> None:
+    """The metric is fed in whole seconds while the track speaks; the rest when it ends."""
+
+    def sent() -> float:
+        value = REGISTRY.get_sample_value(
+            "transcriber_stt_audio_sent_seconds_total", {"provider": "metered"}
+        )
+        return value or 0.0
+
+    before = sent()
+    stream = failover(metered=Outage()).stream()
+    collected = asyncio.create_task(finals_of(stream))
+    await speak(stream, ["alpha", "bravo", "charlie"])
+    await asyncio.sleep(0.1)
+    pushed = stream.usage["metered"].seconds_sent
+    assert pushed > 1.2
+    assert pushed - 1.0 <= sent() - before <= pushed
+    stream.end_input()
+    await collected
+    await stream.aclose()
+    assert sent() - before == pytest.approx(stream.usage["metered"].seconds_sent)
 
 
 def test_options_reject_nonsense() -> None:

@@ -19,6 +19,7 @@ import enum
 import logging
 from collections import deque
 from dataclasses import dataclass
+from typing import Protocol
 
 from livekit import rtc
 from livekit.agents.types import (
@@ -48,11 +49,67 @@ class LegacyMode(str, enum.Enum):
     (La Suite Meet shows just the first interim)."""
 
 
+class TextSender(Protocol):
+    async def __call__(
+        self,
+        participant: rtc.LocalParticipant,
+        text: str,
+        *,
+        sender_identity: str,
+        attributes: dict[str, str],
+        to: str | None,
+    ) -> None: ...
+
+
+async def send_text(
+    participant: rtc.LocalParticipant,
+    text: str,
+    *,
+    sender_identity: str,
+    attributes: dict[str, str],
+    to: str | None,
+) -> None:
+    """One `lk.transcription` text stream, on behalf of the speaker, in one SDK request.
+
+    `LocalParticipant.stream_text` takes three (open, write, close), and `send_text` sends
+    as the transcriber only. The SDK hands a request waiting for its answer every event of
+    the process, each audio frame of every track included, unless it subscribes with a
+    filter: captions sent with `stream_text` were 12% of a job process's samples in the
+    capacity benchmark (py-spy, 12 tracks), this 5%. tests/test_livekit_internals.py fails
+    if an SDK upgrade changes what this relies on.
+    """
+    from livekit.rtc._ffi_client import FfiClient
+    from livekit.rtc._proto import ffi_pb2
+
+    request = ffi_pb2.FfiRequest()
+    request.send_text.local_participant_handle = participant._ffi_handle.handle
+    request.send_text.text = text
+    options = request.send_text.options
+    options.topic = TOPIC_TRANSCRIPTION
+    options.attributes.update(attributes)
+    options.sender_identity = sender_identity
+    if to is not None:
+        options.destination_identities.append(to)
+    queue = FfiClient.instance.queue.subscribe(
+        filter_fn=lambda event: event.WhichOneof("message") == "send_text"
+    )
+    try:
+        sent = FfiClient.instance.request(request).send_text.async_id
+        answer = await queue.wait_for(lambda event: event.send_text.async_id == sent)
+    finally:
+        FfiClient.instance.queue.unsubscribe(queue)
+    if answer.send_text.HasField("error"):
+        raise rtc.StreamError(answer.send_text.error.description)
+
+
 class TextStreamOutput(CaptionSink):
     name = "text_streams"
 
-    def __init__(self, room: rtc.Room, *, history_finals: int) -> None:
+    def __init__(
+        self, room: rtc.Room, *, history_finals: int, send: TextSender = send_text
+    ) -> None:
         self._room = room
+        self._send_text = send
         self._history: deque[Caption] = deque(maxlen=history_finals)
         self._shown: dict[str, str] = {}  # open segment id → text last sent
 
@@ -83,14 +140,13 @@ class TextStreamOutput(CaptionSink):
         if not self._room.isconnected():
             return
         try:
-            writer = await self._room.local_participant.stream_text(
-                topic=TOPIC_TRANSCRIPTION,
+            await self._send_text(
+                self._room.local_participant,
+                caption.text,
                 sender_identity=caption.speaker_identity,
-                destination_identities=[to] if to is not None else None,
                 attributes=attributes,
+                to=to,
             )
-            await writer.write(caption.text)
-            await writer.aclose()
         except Exception as e:  # the room may be going away; never fail the stream
             if self._room.isconnected():
                 logger.warning("failed to publish caption text stream: %s", e)

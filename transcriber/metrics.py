@@ -56,6 +56,29 @@ LIMIT_REACHED = Counter(
 )
 
 
+class SecondsTally:
+    """Seconds of audio for a counter, passed on once they add up to `every`.
+
+    In multiprocess mode each `inc` writes to a file the processes share; once per frame of
+    every track, that was 7% of a job process's event loop in the capacity benchmark.
+    """
+
+    def __init__(self, counter: Counter, every: float = 1.0) -> None:
+        self._counter = counter
+        self._every = every
+        self._pending = 0.0
+
+    def add(self, seconds: float) -> None:
+        self._pending += seconds
+        if self._pending >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            self._counter.inc(self._pending)
+            self._pending = 0.0
+
+
 async def watch_event_loop_lag(interval: float = 0.5) -> None:
     """Runs for the life of a job: a loop blocked by CPU work shows up here first."""
     loop = asyncio.get_running_loop()

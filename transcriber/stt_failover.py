@@ -24,7 +24,6 @@ import aiohttp
 from livekit import rtc
 from livekit.agents import APIConnectionError, APIConnectOptions, APIError, stt
 from livekit.agents.types import DEFAULT_API_CONNECT_OPTIONS, NOT_GIVEN, NotGivenOr
-from prometheus_client import Counter
 
 from . import metrics
 
@@ -167,8 +166,8 @@ class _Attempt:
     stream: stt.RecognizeStream
     base: float
     usage: ProviderUsage
-    sent_metric: Counter
-    """This provider's `transcriber_stt_audio_sent_seconds_total`, looked up once."""
+    sent_metric: metrics.SecondsTally
+    """This provider's `transcriber_stt_audio_sent_seconds_total`."""
     finalize: bool
     """Its turns end on `STT.finalize()`."""
     opened_at: float = field(default_factory=time.monotonic)
@@ -258,7 +257,7 @@ class FailoverStream(stt.RecognizeStream):
         except RuntimeError:
             return  # that stream is failing; its replacement replays the buffer
         attempt.usage.seconds_sent += frame.duration
-        attempt.sent_metric.inc(frame.duration)
+        attempt.sent_metric.add(frame.duration)
 
     async def _drive(self) -> None:
         """Runs provider streams one after another until the input ends and the last
@@ -322,7 +321,7 @@ class FailoverStream(stt.RecognizeStream):
             stream=stream,
             base=base,
             usage=self.usage[label],
-            sent_metric=metrics.STT_AUDIO_SENT.labels(provider=label),
+            sent_metric=metrics.SecondsTally(metrics.STT_AUDIO_SENT.labels(provider=label)),
             finalize=self._failover.finalizing[index],
         )
         self._attempt = attempt
@@ -382,6 +381,7 @@ class FailoverStream(stt.RecognizeStream):
     async def _release(self, attempt: _Attempt) -> None:
         if self._attempt is attempt:
             self._attempt = None
+        attempt.sent_metric.flush()
         label = self._failover.health[attempt.index].label
         connected = time.monotonic() - attempt.opened_at
         self.usage[label].connected_seconds += connected

@@ -144,6 +144,7 @@ class TrackPipeline:
         )
         self._gate = SpeechGate(vad, options.gate) if options.gate is not None else None
         self._track_clock = _ArrivalClock()
+        self._received_metric = metrics.SecondsTally(metrics.AUDIO_RECEIVED)
         self._stream: FailoverStream | None = None
         self._segments: dict[FailoverStream, SegmentTracker] = {}  # per open stream
         self._stream_clock = _ArrivalClock()
@@ -205,15 +206,18 @@ class TrackPipeline:
 
     async def _forward_audio(self) -> None:
         """Track audio into the gate (or straight to the STT) until the track ends."""
-        async for event in self._audio:
-            frame, arrived = event.frame, time.monotonic()
-            self.usage.seconds_received += frame.duration
-            metrics.AUDIO_RECEIVED.inc(frame.duration)
-            if self._gate is not None:
-                self._track_clock.record(self.usage.seconds_received, arrived)
-                self._gate.push_frame(frame)
-            else:
-                self._send(frame, arrived=arrived)
+        try:
+            async for event in self._audio:
+                frame, arrived = event.frame, time.monotonic()
+                self.usage.seconds_received += frame.duration
+                self._received_metric.add(frame.duration)
+                if self._gate is not None:
+                    self._track_clock.record(self.usage.seconds_received, arrived)
+                    self._gate.push_frame(frame)
+                else:
+                    self._send(frame, arrived=arrived)
+        finally:
+            self._received_metric.flush()  # cancelled when the track closes
         if self._gate is not None:
             self._gate.end_input()
 
