@@ -132,23 +132,22 @@ class WorkerProcess:
         """A metric on `/metrics`, summed over its labels and the job processes."""
         answer = self.status("/metrics")
         assert answer is not None and answer[0] == 200, "no /metrics"
-        return sum(
-            float(line.rpartition(" ")[2])
-            for line in answer[1].splitlines()
-            if line.split("{")[0].split(" ")[0] == name
-        )
+        return _metric_in(answer[1], name)
 
     async def wait_tracks(self, count: int, *, timeout: float = 30) -> None:
         """Until the worker captions `count` tracks (`transcriber_active_tracks`): words
         said before are heard by no one (the transcriber joins hidden, so the speaker's
         SDK is not told of its subscription)."""
         deadline = time.monotonic() + timeout
-        while self.status("/metrics") is None or self.metric("transcriber_active_tracks") != count:
+        while (
+            (answer := self.status("/metrics")) is None  # not up yet, or a scrape that failed
+            or answer[0] != 200
+            or _metric_in(answer[1], "transcriber_active_tracks") != count
+        ):
             if time.monotonic() > deadline:
                 raise AssertionError(f"not captioning {count} tracks:\n{self.log()[-3000:]}")
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.2)  # its audio stream opens right after the count goes up
-
 
     def stop(self) -> None:
         if self._log.closed:
@@ -165,6 +164,15 @@ class WorkerProcess:
             pass
         self.process.wait()
         self._log.close()
+
+
+def _metric_in(exposition: str, name: str) -> float:
+    """A metric in a Prometheus text exposition, summed over its labels."""
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in exposition.splitlines()
+        if line.split("{")[0].split(" ")[0] == name
+    )
 
 
 def worker_env(server: LiveKitServer, **overrides: str) -> dict[str, str]:

@@ -87,6 +87,9 @@ class LiveKitServer:
         port = port or free_port()
         tcp_port, udp_port = free_port(), free_port(socket.SOCK_DGRAM)
         cluster = f"redis:\n  address: {redis.address}\n" if redis else ""
+        # target_load: LiveKit sends no room to a node whose workers all report a load
+        # at or above it (0.7 by default), whatever their own threshold; tests and
+        # benchmarks run workers with TRANSCRIBER_LOAD_THRESHOLD=1 on a busy machine
         config = f"""
 port: {port}
 bind_addresses: ["127.0.0.1"]
@@ -99,6 +102,8 @@ keys:
   {API_KEY}: {API_SECRET}
 logging:
   level: info
+agents:
+  target_load: 1
 {cluster}"""
         log = open(log_path, "ab")
         process = subprocess.Popen(

@@ -66,3 +66,28 @@ async def test_many_tracks_get_the_plugins_speech_starts_and_ends_in_shared_batc
     assert found == expected
     assert all(expected[:3]) and not expected[3]  # speech in each clip, none in the noise
     assert batched.windows_per_batch > 1.5  # the tracks' windows shared inference calls
+
+
+async def test_a_track_that_sends_nothing_does_not_hold_back_the_others() -> None:
+    """Batches wait for every open stream's windows, but not for a stream whose track has
+    gone quiet without ending (a muted microphone, a stalled connection)."""
+    batched = BatchedSileroVAD.load(SileroOptions(min_silence_duration=VAD_MIN_SILENCE))
+    speech = clip("us-160", RATE).samples()
+    stalled = batched.stream()
+    stalled.push_frame(rtc.AudioFrame(speech[:FRAME].tobytes(), RATE, 1, FRAME))  # < 1 window
+    speaking = batched.stream()
+    for i in range(0, len(speech) - FRAME + 1, FRAME):
+        speaking.push_frame(rtc.AudioFrame(speech[i : i + FRAME].tobytes(), RATE, 1, FRAME))
+    speaking.end_input()
+
+    events = await asyncio.wait_for(_events(speaking), timeout=10)
+
+    windows = len(speech) // FRAME * FRAME // 512
+    assert sum(e.type == vad.VADEventType.INFERENCE_DONE for e in events) == windows
+    assert any(e.type == vad.VADEventType.START_OF_SPEECH for e in events)
+    await speaking.aclose()
+    await stalled.aclose()
+
+
+async def _events(stream: vad.VADStream) -> list[vad.VADEvent]:
+    return [e async for e in stream]

@@ -10,9 +10,10 @@ plugin's cost is Python around the call.
 `BatchedSileroVAD` keeps the plugin's model, thresholds, exponential smoothing and event
 timing (a gate sees the same START_OF_SPEECH / END_OF_SPEECH at the same track times),
 with the model state per stream and one shared `_Batcher` per process: at most one batch
-is in flight on its single inference thread, and every window that arrives meanwhile goes
-into the next one. An idle process runs a batch of one as soon as a window is ready, so
-batching adds no delay; a loaded one batches more.
+is in flight on its single inference thread. A batch starts once every open stream has
+windows waiting, or `GATHER` seconds after the first of them: a lone track never waits,
+and at 12 tracks a batch holds about 9 windows (starting one whenever the thread was free
+gave batches of 2, and cost more in thread hand-offs and GIL switches than in inference).
 
 INFERENCE_DONE events carry no frames (the gate needs only their timestamps).
 """
@@ -35,6 +36,11 @@ CONTEXT = 64
 """Samples of the previous window the model sees before each one."""
 SMOOTHING = 0.35
 """Weight of the previous probability in the plugin's exponential filter."""
+GATHER = 0.03
+"""Seconds a batch may wait for the windows of other open streams (one window is 0.032)."""
+MAX_JOB = 32
+"""Windows (about 1 s) a stream sends to one batch at most, when it has fallen behind."""
+_FULL_SCALE = np.float32(32767)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,71 +66,121 @@ class _ModelState:
     context: np.ndarray = field(default_factory=lambda: np.zeros(CONTEXT, np.float32))
 
 
+@dataclass(eq=False)
+class _Job:
+    """One stream's windows in order ([k, WINDOW]), waiting for their probabilities."""
+
+    model: _ModelState
+    windows: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
 class _Batcher:
-    """Runs queued windows as one batch on one thread, one batch at a time."""
+    """Runs the open streams' windows as one batch on one thread, one batch at a time
+    (see the module docstring for when a batch starts)."""
 
     def __init__(self, session: Any) -> None:
         self._session = session
         self._sr = np.array(RATE, dtype=np.int64)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vad")
-        self._pending: list[tuple[_ModelState, np.ndarray, asyncio.Future[float]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._open = 0
+        self._pending: list[_Job] = []
+        self._first_pending = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._busy = False
         self.batches = 0
         self.windows = 0
 
-    def infer(self, model: _ModelState, window: np.ndarray) -> asyncio.Future[float]:
-        """The speech probability of `window` (WINDOW float32 samples); advances `model`."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a new event loop (tests): nothing of the old one is left
-            self._loop, self._busy, self._pending = loop, False, []
-        future: asyncio.Future[float] = loop.create_future()
-        self._pending.append((model, window, future))
-        if not self._busy:
-            self._busy = True
-            loop.call_soon(self._launch)
+    def open(self) -> None:
+        """A stream started: batches wait (up to GATHER) for its windows too."""
+        self._bind()
+        self._open += 1
+
+    def close(self) -> None:
+        """A stream ended: batches no longer wait for it."""
+        self._open = max(0, self._open - 1)
+        self._consider()
+
+    def infer(self, model: _ModelState, windows: np.ndarray) -> asyncio.Future[np.ndarray]:
+        """The speech probabilities of `windows` ([k, WINDOW] float32), in order; advances
+        `model`. A stream has at most one call in flight."""
+        loop = self._bind()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        if not self._pending:
+            self._first_pending = loop.time()
+        self._pending.append(_Job(model, windows, future))
+        self._consider()
         return future
 
-    def _launch(self) -> None:
-        batch, self._pending = self._pending, []
-        batch = [item for item in batch if not item[2].done()]  # cancelled: stream closed
-        if not batch or self._loop is None or self._loop.is_closed():
-            self._busy = False
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new event loop (tests): nothing of the old one is left
+            self._loop, self._open, self._pending, self._busy = loop, 0, [], False
+            self._timer = None
+        return loop
+
+    def _consider(self) -> None:
+        if self._busy or not self._pending or self._loop is None:
             return
-        done = asyncio.wrap_future(
-            self._executor.submit(self._run, [(m, w) for m, w, _ in batch]), loop=self._loop
-        )
+        wait = self._first_pending + GATHER - self._loop.time()
+        if len(self._pending) >= self._open or wait <= 0:
+            self._launch()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(wait, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._consider()
+
+    def _launch(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = [job for job in self._pending if not job.future.done()]  # done: stream closed
+        self._pending = []
+        if not batch or self._loop is None or self._loop.is_closed():
+            return
+        self._busy = True
+        done = asyncio.wrap_future(self._executor.submit(self._run, batch), loop=self._loop)
         done.add_done_callback(lambda result: self._finish(batch, result))
 
-    def _run(self, batch: list[tuple[_ModelState, np.ndarray]]) -> np.ndarray:
-        inputs = np.empty((len(batch), CONTEXT + WINDOW), np.float32)
-        state = np.empty((2, len(batch), 128), np.float32)
-        for i, (model, window) in enumerate(batch):
-            inputs[i, :CONTEXT] = model.context
-            inputs[i, CONTEXT:] = window
-            state[:, i] = model.state
-        out, new_state = self._session.run(None, {"input": inputs, "state": state, "sr": self._sr})
-        for i, (model, _) in enumerate(batch):
-            model.state = new_state[:, i].copy()
-            model.context = inputs[i, -CONTEXT:].copy()
-        self.batches += 1
-        self.windows += len(batch)
-        return np.asarray(out, np.float32).reshape(-1)
+    def _run(self, batch: list[_Job]) -> list[np.ndarray]:
+        """In rounds: the first window of every job, then the second of those with two..."""
+        probabilities = [np.empty(len(job.windows), np.float32) for job in batch]
+        for r in range(max(len(job.windows) for job in batch)):
+            rows = [i for i, job in enumerate(batch) if len(job.windows) > r]
+            inputs = np.empty((len(rows), CONTEXT + WINDOW), np.float32)
+            state = np.empty((2, len(rows), 128), np.float32)
+            for n, i in enumerate(rows):
+                model = batch[i].model
+                inputs[n, :CONTEXT] = model.context
+                inputs[n, CONTEXT:] = batch[i].windows[r]
+                state[:, n] = model.state
+            out, new_state = self._session.run(
+                None, {"input": inputs, "state": state, "sr": self._sr}
+            )
+            out = np.asarray(out, np.float32).reshape(-1)
+            for n, i in enumerate(rows):
+                model = batch[i].model
+                model.state = new_state[:, n].copy()
+                model.context = inputs[n, -CONTEXT:].copy()
+                probabilities[i][r] = out[n]
+            self.batches += 1
+            self.windows += len(rows)
+        return probabilities
 
-    def _finish(
-        self,
-        batch: list[tuple[_ModelState, np.ndarray, asyncio.Future[float]]],
-        result: asyncio.Future[np.ndarray],
-    ) -> None:
+    def _finish(self, batch: list[_Job], result: asyncio.Future[list[np.ndarray]]) -> None:
+        self._busy = False
         error = result.exception()
-        for i, (_, _, future) in enumerate(batch):
-            if future.done():
+        for i, job in enumerate(batch):
+            if job.future.done():
                 continue
             if error is not None:
-                future.set_exception(error)
+                job.future.set_exception(error)
             else:
-                future.set_result(float(result.result()[i]))
-        self._launch()
+                job.future.set_result(result.result()[i])
+        self._consider()
 
 
 class BatchedSileroVAD(vad.VAD):
@@ -167,32 +223,61 @@ class BatchedSileroStream(vad.VADStream):
         super().__init__(vad_)
 
     async def _main_task(self) -> None:
-        detector = _Detector(self._opts)
-        model = _ModelState()
-        resampler: rtc.AudioResampler | None = None
-        rate = 0
-        buffered = np.empty(0, np.int16)
+        self._batcher.open()
+        try:
+            await self._follow_input()
+        finally:
+            self._batcher.close()
+
+    async def _follow_input(self) -> None:
+        """Each time, everything already queued (up to MAX_JOB windows) goes to the batcher
+        as one job: a stream that fell behind catches up in one thread hop per round."""
+        detector, model = _Detector(self._opts), _ModelState()
+        to_16k = _To16k()
+        buffered = np.empty(0, np.float32)
         async for item in self._input_ch:
-            if isinstance(item, vad.VADStream._FlushSentinel):
-                detector, model, buffered = _Detector(self._opts), _ModelState(), buffered[:0]
-                continue
-            if not rate:
-                rate = item.sample_rate
-                if rate != RATE:
-                    resampler = rtc.AudioResampler(
-                        rate, RATE, quality=rtc.AudioResamplerQuality.QUICK
-                    )
-            elif item.sample_rate != rate:
-                raise ValueError(f"VAD got {item.sample_rate} Hz after {rate} Hz")
-            frames = resampler.push(item) if resampler is not None else [item]
-            for frame in frames:
-                buffered = np.concatenate([buffered, np.frombuffer(frame.data, np.int16)])
-            while len(buffered) >= WINDOW:
-                window = buffered[:WINDOW].astype(np.float32) / np.float32(32767)
-                buffered = buffered[WINDOW:]
-                probability = await self._batcher.infer(model, window)
-                for event in detector.step(probability):
+            while True:
+                if isinstance(item, vad.VADStream._FlushSentinel):
+                    await self._analyze(detector, model, buffered)
+                    detector, model, buffered = _Detector(self._opts), _ModelState(), buffered[:0]
+                else:
+                    buffered = np.concatenate([buffered, *to_16k(item)])
+                if len(buffered) >= MAX_JOB * WINDOW or self._input_ch.empty():
+                    break
+                item = self._input_ch.recv_nowait()
+            buffered = await self._analyze(detector, model, buffered)
+
+    async def _analyze(
+        self, detector: _Detector, model: _ModelState, samples: np.ndarray
+    ) -> np.ndarray:
+        """Sends the events of every whole window in `samples`; returns the rest."""
+        ready = len(samples) // WINDOW * WINDOW
+        if ready:
+            windows = samples[:ready].reshape(-1, WINDOW)
+            for probability in await self._batcher.infer(model, windows):
+                for event in detector.step(float(probability)):
                     self._event_ch.send_nowait(event)
+        return samples[ready:]
+
+
+class _To16k:
+    """A stream's frames as float32 samples at 16 kHz (its first frame sets its rate)."""
+
+    def __init__(self) -> None:
+        self._rate = 0
+        self._resampler: rtc.AudioResampler | None = None
+
+    def __call__(self, frame: rtc.AudioFrame) -> list[np.ndarray]:
+        if not self._rate:
+            self._rate = frame.sample_rate
+            if self._rate != RATE:
+                self._resampler = rtc.AudioResampler(
+                    self._rate, RATE, quality=rtc.AudioResamplerQuality.QUICK
+                )
+        elif frame.sample_rate != self._rate:
+            raise ValueError(f"VAD got {frame.sample_rate} Hz after {self._rate} Hz")
+        frames = self._resampler.push(frame) if self._resampler is not None else [frame]
+        return [np.frombuffer(f.data, np.int16) / _FULL_SCALE for f in frames]
 
 
 class _Detector:
